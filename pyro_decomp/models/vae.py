@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyro
 import torch
-from pyro.nn import PyroModule
+from pyro.nn import PyroModule, pyro_method
 
 from ..guides import AmortizedGaussianGuide, data_plate
 from .likelihoods import Likelihood
@@ -67,6 +67,7 @@ class VAE(PyroModule):
             self.likelihood.check_data(x)
             self._checked = key
 
+    @pyro_method  # activates the module context, so self.decoder registers its parameters with SVI
     def model(self, x: torch.Tensor, *, dataset_size: int | None = None) -> torch.Tensor:
         """:math:`z \\sim p(z)`, :math:`x \\sim p_\\theta(x \\mid z)` for ``x: [batch, *obs_shape]``."""
         self._maybe_check(x)
@@ -74,6 +75,7 @@ class VAE(PyroModule):
             z = self.prior()
             return self.likelihood(self.decoder(z), obs=x)
 
+    @pyro_method
     def guide(self, x: torch.Tensor, *, dataset_size: int | None = None) -> torch.Tensor:
         """:math:`z \\sim q_\\phi(z \\mid x)`."""
         return self.guide_module(x, dataset_size=dataset_size)

@@ -1,0 +1,587 @@
+"""ArviZ views of a trained VAE: encodings as InferenceData, and NUTS ground truth for :math:`p(z \\mid x)` (SPEC §8).
+
+Two kinds of InferenceData come out of this module.
+
+* :func:`to_inference_data` - the *amortised* posterior: draws of the latent site from the guide
+  :math:`q_\\phi(z \\mid x)`, prior draws, the posterior predictive, the per-datapoint log likelihood
+  :math:`\\log p_\\theta(x_i \\mid z_i)` and the observed data.
+* :func:`sample_posterior_nuts` - the *exact* posterior :math:`p_\\theta(z \\mid x) \\propto p(z)\\,p_\\theta(x \\mid z)`
+  sampled by NUTS with the decoder frozen, with ``sample_stats`` (divergences, ``lp``) for
+  :func:`nuts_diagnostics` / :func:`arviz.summary`.
+
+Both put the latent site on dims ``(chain, draw, obs, latent)``; ``obs`` holds the datapoints' indices
+in the caller's dataset (``obs_index``), so the two can be compared datapoint by datapoint.
+
+Where the prior's parameters go: **learned (and fixed) prior parameters are stored in the
+``constant_data`` group** as ``prior_<name>`` variables (e.g. ``prior_variance`` on dim ``latent`` for
+the Gaussian priors, ``prior_means``/``prior_weights`` for the mixture), and the prior's class name is
+the ``prior_class`` attribute of the posterior group. They are point estimates of the fitted model, not
+random variables, which is what ``constant_data`` is for.
+
+A model is given either as our :class:`~pyro_decomp.models.vae.VAE` or as a ``(model, guide)`` pair of
+Pyro programs ``model(x)`` / ``guide(x)`` that open their data plate over axis 0 of ``x`` and annotate
+every batch dimension with a plate (so the programs vectorise over an outer particle plate).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import MCMC, NUTS, Predictive
+from pyro.infer.autoguide.initialization import init_to_value
+from pyro.poutine.util import site_is_subsample
+
+with warnings.catch_warnings():
+    # arviz announces its refactor with a FutureWarning at import time; it is not about our use
+    warnings.simplefilter("ignore", FutureWarning)
+    import arviz as az
+
+__all__ = [
+    "ModelTarget",
+    "frozen_parameters",
+    "load_inference_data",
+    "log_joint",
+    "nuts_diagnostics",
+    "resolve_target",
+    "sample_guide",
+    "sample_posterior_nuts",
+    "save_inference_data",
+    "to_inference_data",
+]
+
+# Predictive's default plate name would clash with nothing of ours, but our own particle plate is
+# named so that a user's model can never shadow it.
+_PARTICLES = "_pyro_decomp_particles"
+
+
+@dataclass
+class ModelTarget:
+    """A model/guide pair in the form the analysis needs (built by :func:`resolve_target`)."""
+
+    model: Callable
+    guide: Callable
+    latent_site: str
+    obs_site: str
+    prior: Any = None
+    modules: list[torch.nn.Module] = field(default_factory=list)
+    encoder: Callable | None = None  # x -> (loc, scale) when the guide is a diagonal Gaussian encoder
+
+
+def resolve_target(
+    vae_or_model_guide: Any, *, latent_site: str | None = None, obs_site: str | None = None
+) -> ModelTarget:
+    """Normalise a :class:`~pyro_decomp.models.vae.VAE` or a ``(model, guide)`` pair to a :class:`ModelTarget`."""
+    from ..models.vae import VAE
+
+    if isinstance(vae_or_model_guide, ModelTarget):
+        return vae_or_model_guide
+    if isinstance(vae_or_model_guide, VAE):
+        vae = vae_or_model_guide
+        site = vae.latent_site if latent_site is None else latent_site
+        if site != vae.latent_site:
+            raise ValueError(f"latent_site={site!r} does not match the VAE's latent site {vae.latent_site!r}.")
+        return ModelTarget(
+            model=vae.model,
+            guide=vae.guide,
+            latent_site=site,
+            obs_site=vae.likelihood.site if obs_site is None else obs_site,
+            prior=vae.prior,
+            modules=[vae],
+            encoder=vae.encode,
+        )
+    if isinstance(vae_or_model_guide, (tuple, list)) and len(vae_or_model_guide) == 2:
+        model, guide = vae_or_model_guide
+        if not callable(model) or not callable(guide):
+            raise TypeError("a (model, guide) pair must hold two callables (Pyro programs taking x).")
+        modules = [
+            owner
+            for fn in (model, guide)
+            for owner in (fn, getattr(fn, "__self__", None))
+            if isinstance(owner, torch.nn.Module)
+        ]
+        return ModelTarget(
+            model=model,
+            guide=guide,
+            latent_site="z" if latent_site is None else latent_site,
+            obs_site="x" if obs_site is None else obs_site,
+            prior=getattr(getattr(model, "__self__", model), "prior", None),
+            modules=modules,
+        )
+    raise TypeError(
+        "expected a pyro_decomp VAE or a (model, guide) pair of Pyro programs, "
+        f"got {type(vae_or_model_guide).__name__}."
+    )
+
+
+def _check_x(x: Any, name: str = "x") -> torch.Tensor:
+    if not torch.is_tensor(x):
+        raise TypeError(f"{name} must be a torch.Tensor with the datapoints on axis 0, got {type(x).__name__}.")
+    if x.dim() < 1 or x.shape[0] < 1:
+        raise ValueError(f"{name} must hold at least one datapoint on axis 0, got shape {tuple(x.shape)}.")
+    return x.detach()
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return int(value)
+
+
+def _obs_index(obs_index: Sequence[int] | None, n: int) -> np.ndarray:
+    if obs_index is None:
+        return np.arange(n)
+    idx = np.asarray(obs_index)
+    if idx.shape != (n,) or not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(f"obs_index must be {n} integers (one per datapoint in x), got {obs_index!r}.")
+    if len(np.unique(idx)) != n:
+        raise ValueError("obs_index must not repeat a datapoint index.")
+    return idx
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Fix torch's RNG for the block when ``seed`` is given, leaving the caller's stream untouched."""
+    if seed is None:
+        yield
+        return
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(seed))
+        yield
+
+
+@contextlib.contextmanager
+def frozen_parameters(target: ModelTarget) -> Iterator[None]:
+    """Freeze the trained model for analysis; restore everything afterwards.
+
+    Sets ``requires_grad=False`` on the target's module and param-store parameters (NUTS and the local
+    ELBO differentiate :math:`\\log p(x, z)` with respect to ``z`` only) and puts the modules in eval
+    mode (dropout and batch norm act as in inference; this also keeps ``pyro.module`` from warning about
+    frozen parameters).
+    """
+    tensors: dict[int, torch.Tensor] = {}
+    modes: dict[int, tuple[torch.nn.Module, bool]] = {}
+    for module in target.modules:
+        for p in module.parameters():
+            tensors[id(p)] = p
+        for sub in module.modules():
+            modes[id(sub)] = (sub, sub.training)
+    for p in pyro.get_param_store().values():
+        if p.is_leaf:
+            tensors[id(p)] = p
+    flags = {k: t.requires_grad for k, t in tensors.items()}
+    try:
+        for t in tensors.values():
+            t.requires_grad_(False)
+        for sub, _ in modes.values():
+            sub.training = False
+        yield
+    finally:
+        for k, t in tensors.items():
+            t.requires_grad_(flags[k])
+        for sub, training in modes.values():
+            sub.training = training
+
+
+def _max_plate_nesting(fn: Callable, x: torch.Tensor) -> int:
+    with torch.no_grad(), poutine.block():
+        trace = poutine.trace(fn).get_trace(x)
+    dims = [
+        -frame.dim
+        for site in trace.nodes.values()
+        if site["type"] == "sample" and not site_is_subsample(site)
+        for frame in site["cond_indep_stack"]
+        if frame.vectorized and frame.dim is not None
+    ]
+    return max(dims, default=0)
+
+
+def _vectorised_trace(fn: Callable, x: torch.Tensor, num: int, nesting: int, data: Mapping | None = None):
+    """One trace of ``fn(x)`` under an outer plate of ``num`` particles, optionally conditioned on ``data``."""
+    with pyro.plate(_PARTICLES, num, dim=-nesting - 1):
+        program = poutine.condition(fn, data=dict(data)) if data else fn
+        return poutine.trace(program).get_trace(x)
+
+
+def _site_log_prob(site: dict, num: int, n: int) -> torch.Tensor:
+    lp = site["fn"].log_prob(site["value"])
+    if lp.dim() == 0 or lp.shape[0] != num:
+        lp = lp.expand((num,) + lp.shape[1:]) if lp.dim() else lp.expand(num)
+    # whatever plates lie between the particle and data plates are summed; the data plate stays last
+    lp = lp.reshape(num, -1)
+    if lp.shape[1] != n:
+        raise ValueError(
+            f"site {site['name']!r} has log-probability shape {tuple(lp.shape)} after flattening; the analysis "
+            f"needs one value per datapoint ({n}). Put every latent site inside the data plate."
+        )
+    return lp
+
+
+def log_joint(
+    target: ModelTarget, x: torch.Tensor, z: torch.Tensor, *, nesting: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:math:`\\log p(z_i)` and :math:`\\log p_\\theta(x_i \\mid z_i)` for ``z: [S, n, D]``, each ``[S, n]``.
+
+    Differentiable in ``z``. Raises ``ValueError`` if the model has latent sites other than
+    ``target.latent_site`` (they would be drawn from their prior, not conditioned).
+    """
+    num, n = z.shape[0], x.shape[0]
+    nesting = _max_plate_nesting(target.model, x) if nesting is None else nesting
+    trace = _vectorised_trace(target.model, x, num, nesting, {target.latent_site: z})
+    log_prior = z.new_zeros(num, n)
+    log_lik = z.new_zeros(num, n)
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site) or site.get("infer", {}).get("_do_not_score"):
+            continue
+        if name == target.latent_site:
+            log_prior = log_prior + _site_log_prob(site, num, n)
+        elif site["is_observed"] and name == target.obs_site:
+            log_lik = log_lik + _site_log_prob(site, num, n)
+        elif not site["is_observed"]:
+            raise ValueError(
+                f"the model has a latent site {name!r} besides latent_site={target.latent_site!r}; "
+                "this analysis needs a single latent site. Pass latent_site= for the site to analyse."
+            )
+        else:
+            log_lik = log_lik + _site_log_prob(site, num, n)
+    return log_prior, log_lik
+
+
+def sample_guide(
+    target: ModelTarget, x: torch.Tensor, num_samples: int, *, nesting: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``num_samples`` draws from :math:`q(z \\mid x)` and their :math:`\\log q`: ``z: [S, n, D]``, ``log_q: [S, n]``."""
+    nesting = _max_plate_nesting(target.guide, x) if nesting is None else nesting
+    with torch.no_grad():
+        trace = _vectorised_trace(target.guide, x, num_samples, nesting)
+    if target.latent_site not in trace.nodes:
+        raise ValueError(
+            f"the guide has no sample site {target.latent_site!r}; pass latent_site= naming the guide's latent site."
+        )
+    site = trace.nodes[target.latent_site]
+    z = site["value"].reshape(num_samples, x.shape[0], -1)
+    with torch.no_grad():
+        log_q = _site_log_prob(site, num_samples, x.shape[0])
+    return z, log_q
+
+
+def _chunks(total: int, size: int) -> Iterator[int]:
+    while total > 0:
+        yield min(size, total)
+        total -= size
+
+
+def _obs_dims(obs_shape: tuple[int, ...]) -> list[str]:
+    if len(obs_shape) == 1:
+        return ["feature"]
+    return [f"x_dim_{k}" for k in range(len(obs_shape))]
+
+
+def _prior_constants(prior: Any, latent_dim: int) -> tuple[dict[str, np.ndarray], dict[str, list[str]], dict]:
+    """``constant_data`` entries for the prior's parameters and buffers, with dims; plus attrs."""
+    values: dict[str, np.ndarray] = {}
+    dims: dict[str, list[str]] = {}
+    attrs: dict[str, Any] = {}
+    if prior is None:
+        return values, dims, attrs
+    attrs["prior_class"] = type(prior).__name__
+    if isinstance(prior, torch.nn.Module):
+        for name, tensor in prior.state_dict().items():
+            key = name.removesuffix("_unconstrained")
+            if key != name:
+                # PyroParam: report the constrained value the model actually uses
+                tensor = getattr(prior, key)
+            values["prior_" + key.replace(".", "_")] = tensor.detach().cpu().double().numpy()
+    variance = getattr(prior, "variance", None)
+    if callable(variance):
+        with torch.no_grad():
+            values["prior_variance"] = variance().detach().cpu().double().numpy()
+    for key in ("scale", "df", "gamma", "sigma0", "variance"):
+        value = getattr(prior, key, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            values["prior_" + key] = np.asarray(float(value))
+    for key, arr in values.items():
+        if arr.ndim >= 1 and arr.shape[-1] == latent_dim:
+            dims[key] = [f"{key}_dim_{k}" for k in range(arr.ndim - 1)] + ["latent"]
+    return values, dims, attrs
+
+
+def to_inference_data(
+    vae_or_model_guide: Any,
+    x: torch.Tensor,
+    *,
+    num_draws: int = 100,
+    num_chains: int = 1,
+    num_prior_draws: int | None = None,
+    latent_site: str | None = None,
+    obs_site: str | None = None,
+    obs_index: Sequence[int] | None = None,
+    constant_data: Mapping[str, Any] | None = None,
+    chunk_size: int = 256,
+    random_seed: int | None = None,
+) -> az.InferenceData:
+    """The amortised posterior of a trained model on data ``x`` as :class:`arviz.InferenceData`.
+
+    Groups and dims (``S = num_chains * num_draws`` guide draws, ``n = len(x)``):
+
+    * ``posterior``: the latent site, ``(chain, draw, obs, latent)``, draws from :math:`q(z \\mid x)`
+      via :class:`pyro.infer.Predictive` on the guide;
+    * ``sample_stats``: ``log_q`` :math:`\\log q(z \\mid x)` and ``log_joint`` :math:`\\log p(x, z)`,
+      ``(chain, draw, obs)`` - their difference is the log importance weight used for PSIS;
+    * ``prior`` / ``prior_predictive``: the latent site and ``x`` drawn from the model, ``(chain, draw, obs, ...)``;
+    * ``posterior_predictive``: ``x`` drawn from :math:`p_\\theta(x \\mid z)` at the posterior draws;
+    * ``log_likelihood``: ``x`` = :math:`\\log p_\\theta(x_i \\mid z)` per datapoint, ``(chain, draw, obs)``;
+    * ``observed_data``: ``x`` on ``(obs, *obs dims)``;
+    * ``constant_data``: the prior's parameters (``prior_<name>``; see the module docstring) and any
+      ``constant_data`` passed in.
+
+    Coords: ``obs`` = ``obs_index`` (default ``0..n-1``), ``latent`` = ``0..D-1``.
+
+    >>> import torch
+    >>> from pyro_decomp.models import VAE, IsotropicGaussianPrior, GaussianLikelihood
+    >>> from pyro_decomp.models.networks import PinwheelEncoder, PinwheelDecoder
+    >>> vae = VAE(IsotropicGaussianPrior(2), PinwheelDecoder(), GaussianLikelihood(), PinwheelEncoder())
+    >>> idata = to_inference_data(vae, torch.randn(5, 2), num_draws=10)
+    >>> idata.posterior["z"].dims
+    ('chain', 'draw', 'obs', 'latent')
+    """
+    target = resolve_target(vae_or_model_guide, latent_site=latent_site, obs_site=obs_site)
+    x = _check_x(x)
+    num_draws = _positive_int("num_draws", num_draws)
+    num_chains = _positive_int("num_chains", num_chains)
+    num_prior_draws = num_draws if num_prior_draws is None else _positive_int("num_prior_draws", num_prior_draws)
+    chunk_size = _positive_int("chunk_size", chunk_size)
+    n, obs_shape = x.shape[0], tuple(x.shape[1:])
+    index = _obs_index(obs_index, n)
+    total = num_chains * num_draws
+
+    zs, log_qs, xs_pred, log_liks, log_priors = [], [], [], [], []
+    prior_zs, prior_xs = [], []
+    with _seeded(random_seed, x.device), torch.no_grad(), frozen_parameters(target):
+        for size in _chunks(total, chunk_size):
+            z = Predictive(target.guide, num_samples=size, return_sites=(target.latent_site,), parallel=True)(x)
+            z = z[target.latent_site].reshape(size, n, -1)
+            _, log_q = _guide_log_q(target, x, z)
+            predictive = Predictive(target.model, posterior_samples={target.latent_site: z}, parallel=True)
+            trace = predictive.get_vectorized_trace(x)
+            obs_node = trace.nodes[target.obs_site]
+            # the model observes x, so Predictive's value at the site is x itself: draw from the likelihood
+            xs_pred.append(obs_node["fn"].sample().reshape(size, n, *obs_shape))
+            log_liks.append(obs_node["fn"].log_prob(x).reshape(size, n))
+            log_priors.append(
+                trace.nodes[target.latent_site]["fn"]
+                .log_prob(trace.nodes[target.latent_site]["value"])
+                .reshape(size, n)
+            )
+            zs.append(z)
+            log_qs.append(log_q)
+        for size in _chunks(num_chains * num_prior_draws, chunk_size):
+            trace = Predictive(target.model, num_samples=size, parallel=True).get_vectorized_trace(x)
+            prior_zs.append(trace.nodes[target.latent_site]["value"].reshape(size, n, -1))
+            prior_xs.append(trace.nodes[target.obs_site]["fn"].sample().reshape(size, n, *obs_shape))
+
+    def stack(parts: list[torch.Tensor], draws: int) -> np.ndarray:
+        arr = torch.cat(parts).detach().cpu().double().numpy()
+        return arr.reshape(num_chains, draws, *arr.shape[1:])
+
+    z_arr = stack(zs, num_draws)
+    latent_dim = z_arr.shape[-1]
+    site, obs = target.latent_site, target.obs_site
+    x_dims = _obs_dims(obs_shape)
+    coords = {"obs": index, "latent": np.arange(latent_dim)}
+    dims = {site: ["obs", "latent"], obs: ["obs", *x_dims], "log_q": ["obs"], "log_joint": ["obs"]}
+    consts, const_dims, attrs = _prior_constants(target.prior, latent_dim)
+    for key, value in (constant_data or {}).items():
+        consts[str(key)] = np.asarray(value.detach().cpu() if torch.is_tensor(value) else value)
+    dims.update(const_dims)
+    log_lik = stack(log_liks, num_draws)
+    idata = az.from_dict(
+        posterior={site: z_arr},
+        sample_stats={"log_q": stack(log_qs, num_draws), "log_joint": stack(log_priors, num_draws) + log_lik},
+        prior={site: stack(prior_zs, num_prior_draws)},
+        prior_predictive={obs: stack(prior_xs, num_prior_draws)},
+        posterior_predictive={obs: stack(xs_pred, num_draws)},
+        log_likelihood={obs: log_lik},
+        observed_data={obs: x.cpu().double().numpy()},
+        constant_data=consts or None,
+        coords=coords,
+        dims=dims,
+        attrs={"inference": "amortised guide q(z|x)", "latent_site": site, "obs_site": obs, **attrs},
+    )
+    return idata
+
+
+def _guide_log_q(target: ModelTarget, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:math:`\\log q(z \\mid x)` of given draws ``z: [S, n, D]`` by replaying the guide, ``[S, n]``."""
+    num, n = z.shape[0], x.shape[0]
+    nesting = _max_plate_nesting(target.guide, x)
+    trace = _vectorised_trace(target.guide, x, num, nesting, {target.latent_site: z})
+    return z, _site_log_prob(trace.nodes[target.latent_site], num, n)
+
+
+def sample_posterior_nuts(
+    vae_or_model_guide: Any,
+    x: torch.Tensor,
+    *,
+    num_samples: int = 500,
+    warmup_steps: int = 300,
+    num_chains: int = 2,
+    obs_index: Sequence[int] | None = None,
+    latent_site: str | None = None,
+    obs_site: str | None = None,
+    init: str = "encoder",
+    target_accept_prob: float = 0.8,
+    max_tree_depth: int = 10,
+    random_seed: int | None = None,
+) -> az.InferenceData:
+    """NUTS draws from the exact posterior :math:`p_\\theta(z \\mid x) \\propto p(z)\\,p_\\theta(x \\mid z)`, decoder frozen.
+
+    The model is conditioned on the chosen datapoints ``x: [n, *obs_shape]`` (take a handful: NUTS
+    samples all ``n * D`` coordinates jointly, and they are independent given the decoder). All
+    parameters of the model are set ``requires_grad=False`` during sampling and restored afterwards.
+    Chains run one after another (robust on CPU; no multiprocessing), chain ``c`` seeded with
+    ``random_seed + c`` and started at a draw from the encoder (``init="encoder"``) or the prior
+    (``init="prior"``), then stacked.
+
+    Returns InferenceData with ``posterior`` (latent site on ``(chain, draw, obs, latent)``),
+    ``sample_stats`` (``diverging`` ``(chain, draw)`` and ``lp`` = :math:`\\log p(x, z)` summed over the
+    datapoints) and ``observed_data``. See :func:`nuts_diagnostics` for R-hat, ESS and divergences.
+    """
+    target = resolve_target(vae_or_model_guide, latent_site=latent_site, obs_site=obs_site)
+    x = _check_x(x)
+    num_samples = _positive_int("num_samples", num_samples)
+    num_chains = _positive_int("num_chains", num_chains)
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be a non-negative integer, got {warmup_steps!r}.")
+    if init not in ("encoder", "prior"):
+        raise ValueError(f"init must be 'encoder' or 'prior', got {init!r}.")
+    if not 0.0 < float(target_accept_prob) < 1.0:
+        raise ValueError(f"target_accept_prob must lie in (0, 1), got {target_accept_prob!r}.")
+    n = x.shape[0]
+    index = _obs_index(obs_index, n)
+    site = target.latent_site
+
+    chains, diverging, lps = [], [], []
+    with frozen_parameters(target):
+        for chain in range(num_chains):
+            seed = None if random_seed is None else int(random_seed) + chain
+            with _seeded(seed, x.device):
+                with torch.no_grad():
+                    if init == "encoder":
+                        z0 = sample_guide(target, x, 1)[0][0]
+                    else:
+                        z0 = Predictive(target.model, num_samples=1, return_sites=(site,), parallel=True)(x)[site]
+                        z0 = z0.reshape(n, -1)
+                kernel = NUTS(
+                    target.model,
+                    target_accept_prob=float(target_accept_prob),
+                    max_tree_depth=int(max_tree_depth),
+                    init_strategy=init_to_value(values={site: z0}),
+                    jit_compile=False,
+                )
+                mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup_steps, disable_progbar=True)
+                mcmc.run(x)
+            samples = mcmc.get_samples()
+            if set(samples) != {site}:
+                raise ValueError(
+                    f"the model has latent sites {sorted(samples)}; NUTS ground truth supports a single latent "
+                    f"site ({site!r})."
+                )
+            z = samples[site].reshape(num_samples, n, -1)
+            flags = np.zeros(num_samples, dtype=bool)
+            idx = [i for i in mcmc.diagnostics().get("divergences", {}).get("chain 0", []) if 0 <= i < num_samples]
+            flags[idx] = True
+            with torch.no_grad():
+                log_prior, log_lik = log_joint(target, x, z)
+            chains.append(z.detach().cpu().double().numpy())
+            diverging.append(flags)
+            lps.append((log_prior + log_lik).sum(-1).cpu().double().numpy())
+
+    z_arr = np.stack(chains)
+    return az.from_dict(
+        posterior={site: z_arr},
+        sample_stats={"diverging": np.stack(diverging), "lp": np.stack(lps)},
+        observed_data={target.obs_site: x.cpu().double().numpy()},
+        coords={"obs": index, "latent": np.arange(z_arr.shape[-1])},
+        dims={site: ["obs", "latent"], target.obs_site: ["obs", *_obs_dims(tuple(x.shape[1:]))]},
+        attrs={
+            "inference": "NUTS on p(z|x), decoder frozen",
+            "latent_site": site,
+            "obs_site": target.obs_site,
+            "num_warmup": warmup_steps,
+            "target_accept_prob": float(target_accept_prob),
+        },
+    )
+
+
+def nuts_diagnostics(idata: az.InferenceData, *, var_name: str | None = None) -> dict[str, Any]:
+    """R-hat, bulk ESS and divergences of a NUTS InferenceData.
+
+    Returns ``{"summary": az.summary(...) DataFrame (mean, sd, hdi, ess_bulk, ess_tail, r_hat),
+    "max_r_hat": float, "min_ess_bulk": float, "divergences": int}``.
+    """
+    if not isinstance(idata, az.InferenceData) or "posterior" not in idata.groups():
+        raise TypeError("idata must be an arviz.InferenceData with a posterior group (from sample_posterior_nuts).")
+    var_name = var_name or idata.posterior.attrs.get("latent_site", "z")
+    summary = az.summary(idata, var_names=[var_name])
+    divergences = 0
+    if "sample_stats" in idata.groups() and "diverging" in idata.sample_stats:
+        divergences = int(idata.sample_stats["diverging"].values.sum())
+    return {
+        "summary": summary,
+        "max_r_hat": float(summary["r_hat"].max()),
+        "min_ess_bulk": float(summary["ess_bulk"].min()),
+        "divergences": divergences,
+    }
+
+
+def save_inference_data(idata: az.InferenceData, path: str | os.PathLike) -> Path:
+    """Write ``idata`` to netCDF at ``path`` atomically (temporary file, then rename). Returns the path."""
+    if not isinstance(idata, az.InferenceData):
+        raise TypeError(f"idata must be an arviz.InferenceData, got {type(idata).__name__}.")
+    path = Path(path)
+    if path.suffix != ".nc":
+        raise ValueError(f"path must end in .nc (netCDF), got {str(path)!r}.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".nc", dir=path.parent)
+    os.close(fd)
+    try:
+        idata.to_netcdf(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_inference_data(path: str | os.PathLike) -> az.InferenceData:
+    """Read an InferenceData written by :func:`save_inference_data`.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for one that is not a readable
+    ArviZ netCDF file (truncated, corrupt, or another format).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no InferenceData file at {str(path)!r}; run the analysis first to create it.")
+    try:
+        # arviz reads eagerly by default, so a corrupt file fails here rather than on first access
+        idata = az.from_netcdf(path)
+    except Exception as err:  # netCDF4/h5py raise OSError, KeyError, ValueError... for bad files
+        raise ValueError(
+            f"{str(path)!r} is not a readable ArviZ netCDF file ({type(err).__name__}: {err}); "
+            "it may be truncated or corrupt - re-run the analysis to regenerate it."
+        ) from err
+    if not idata.groups():
+        raise ValueError(f"{str(path)!r} holds no InferenceData groups; re-run the analysis to regenerate it.")
+    return idata

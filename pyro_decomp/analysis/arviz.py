@@ -417,8 +417,12 @@ def to_inference_data(
         constant_data=consts or None,
         coords=coords,
         dims=dims,
-        attrs={"inference": "amortised guide q(z|x)", "latent_site": site, "obs_site": obs, **attrs},
     )
+    # from_dict puts attrs on some groups only; every group gets them so any one file part is self-describing
+    for group in idata.groups():
+        getattr(idata, group).attrs.update(
+            {"inference": "amortised guide q(z|x)", "latent_site": site, "obs_site": obs, **attrs}
+        )
     return idata
 
 

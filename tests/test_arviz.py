@@ -1,0 +1,218 @@
+"""ArviZ InferenceData of the encodings and NUTS ground truth, on a linear-Gaussian VAE with an analytic posterior.
+
+Model: z ~ N(0, I_2), x | z ~ N(W z + b, σ² I_3) with W = Q diag(1.5, 0.8), Q orthonormal columns, σ = 0.5.
+Then p(z | x) = N(Σ Wᵀ(x − b)/σ², Σ) with Σ = (I + WᵀW/σ²)⁻¹ = diag(1/(1 + 1.5²/σ²), 1/(1 + 0.8²/σ²))
+= diag(0.1, 0.2809) - diagonal, so a diagonal-Gaussian encoder can be exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from torch import nn
+
+from pyro_decomp.analysis import (
+    load_inference_data,
+    nuts_diagnostics,
+    sample_posterior_nuts,
+    save_inference_data,
+    to_inference_data,
+)
+from pyro_decomp.models import VAE, AnisotropicGaussianPrior, GaussianLikelihood, IsotropicGaussianPrior
+
+SIGMA = 0.5
+_Q, _ = torch.linalg.qr(torch.tensor([[1.0, 0.3], [0.2, -1.0], [0.5, 0.4]]))
+W = _Q * torch.tensor([1.5, 0.8])  # orthogonal columns: WᵀW = diag(2.25, 0.64)
+B = torch.tensor([0.3, -0.2, 0.1])
+POST_COV = torch.linalg.inv(torch.eye(2) + W.T @ W / SIGMA**2)
+
+
+def posterior_mean(x: torch.Tensor) -> torch.Tensor:
+    return (x - B) @ W @ POST_COV.T / SIGMA**2
+
+
+class LinearDecoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(2, 3)
+        with torch.no_grad():
+            self.linear.weight.copy_(W)
+            self.linear.bias.copy_(B)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.linear(z)
+
+
+class AnalyticEncoder(nn.Module):
+    """The exact posterior (shift=0, shrink=1), or a deliberately shifted / overconfident one."""
+
+    def __init__(self, shift: float = 0.0, shrink: float = 1.0) -> None:
+        super().__init__()
+        self.shift, self.shrink = shift, shrink
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc = posterior_mean(x) + self.shift
+        return loc, (POST_COV.diagonal().sqrt() * self.shrink).expand_as(loc)
+
+
+def linear_vae(shift: float = 0.0, shrink: float = 1.0, prior=None) -> VAE:
+    prior = IsotropicGaussianPrior(2) if prior is None else prior
+    return VAE(prior, LinearDecoder(), GaussianLikelihood(1, scale=SIGMA), AnalyticEncoder(shift, shrink))
+
+
+def data(n: int = 4, seed: int = 1) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 2, generator=gen) @ W.T + B + SIGMA * torch.randn(n, 3, generator=gen)
+
+
+@pytest.fixture(scope="module")
+def nuts_run():
+    # 3 datapoints x 2 latents, 2 chains x 250 draws: bulk ESS ~ 500 per coordinate, so the Monte Carlo
+    # standard error of a mean is <= sd/sqrt(500) ~ 0.024 and of a variance ~ var*sqrt(2/500) <= 0.018
+    x = data(3)
+    vae = linear_vae()
+    idata = sample_posterior_nuts(vae, x, num_samples=250, warmup_steps=150, num_chains=2, random_seed=0)
+    return vae, x, idata
+
+
+def test_inference_data_groups_dims_coords():
+    x = data(4)
+    idata = to_inference_data(linear_vae(), x, num_draws=30, num_chains=2, obs_index=[10, 11, 12, 13], random_seed=0)
+    expected = {
+        "posterior",
+        "sample_stats",
+        "prior",
+        "prior_predictive",
+        "posterior_predictive",
+        "log_likelihood",
+        "observed_data",
+        "constant_data",
+    }
+    assert set(idata.groups()) == expected
+    z = idata.posterior["z"]
+    assert z.dims == ("chain", "draw", "obs", "latent") and z.shape == (2, 30, 4, 2)
+    assert idata.posterior.coords["obs"].values.tolist() == [10, 11, 12, 13]
+    assert idata.posterior.coords["latent"].values.tolist() == [0, 1]
+    assert idata.prior["z"].dims == ("chain", "draw", "obs", "latent")
+    assert idata.posterior_predictive["x"].dims == ("chain", "draw", "obs", "feature")
+    assert idata.prior_predictive["x"].shape == (2, 30, 4, 3)
+    assert idata.log_likelihood["x"].dims == ("chain", "draw", "obs")
+    assert idata.sample_stats["log_q"].dims == ("chain", "draw", "obs")
+    np.testing.assert_allclose(idata.observed_data["x"].values, x.numpy(), rtol=1e-6)
+    assert idata.constant_data["prior_variance"].dims == ("latent",)
+    assert idata.posterior.attrs["prior_class"] == "IsotropicGaussianPrior"
+
+
+def test_inference_data_values_match_closed_forms():
+    x = data(4)
+    idata = to_inference_data(linear_vae(), x, num_draws=2000, random_seed=0)
+    z = torch.as_tensor(idata.posterior["z"].values[0], dtype=torch.float32)  # [draw, obs, latent]
+    # log p(x_i | z) = log N(x_i; W z + b, σ² I), computed independently of the model code
+    log_lik = dist.Normal(z @ W.T + B, SIGMA).log_prob(x).sum(-1)
+    np.testing.assert_allclose(idata.log_likelihood["x"].values[0], log_lik.numpy(), rtol=1e-5, atol=1e-4)
+    log_q = dist.Normal(posterior_mean(x), POST_COV.diagonal().sqrt()).log_prob(z).sum(-1)
+    np.testing.assert_allclose(idata.sample_stats["log_q"].values[0], log_q.numpy(), rtol=1e-5, atol=1e-4)
+    # the exact encoder's draws have the analytic posterior moments: 2000 draws, SE <= 0.53/sqrt(2000) ~ 0.012
+    np.testing.assert_allclose(z.mean(0).numpy(), posterior_mean(x).numpy(), atol=0.05)
+    np.testing.assert_allclose(z.var(0).numpy(), POST_COV.diagonal().expand(4, 2).numpy(), rtol=0.15)
+    # prior draws come from N(0, I): variance 1 within 15% for 2000 x 4 draws
+    np.testing.assert_allclose(idata.prior["z"].values.var(axis=(0, 1, 2)), [1.0, 1.0], rtol=0.15)
+
+
+def test_learned_prior_parameters_are_constant_data():
+    prior = AnisotropicGaussianPrior(2, variance=torch.tensor([2.0, 0.5]), learn=True)
+    idata = to_inference_data(linear_vae(prior=prior), data(3), num_draws=5)
+    np.testing.assert_allclose(idata.constant_data["prior_variance"].values, [2.0, 0.5], rtol=1e-6)
+    np.testing.assert_allclose(idata.constant_data["prior_log_variance"].values, np.log([2.0, 0.5]), rtol=1e-6)
+
+
+def test_model_guide_pair_of_plain_programs():
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("code", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ W.T + B, SIGMA).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("code", dist.Normal(posterior_mean(x), POST_COV.diagonal().sqrt()).to_event(1))
+
+    idata = to_inference_data((model, guide), data(3), num_draws=7, latent_site="code")
+    assert idata.posterior["code"].dims == ("chain", "draw", "obs", "latent")
+    assert idata.posterior["code"].shape == (1, 7, 3, 2)
+    assert "constant_data" not in idata.groups()
+
+
+def test_netcdf_round_trip(tmp_path):
+    idata = to_inference_data(linear_vae(), data(3), num_draws=10, num_chains=2, random_seed=0)
+    path = save_inference_data(idata, tmp_path / "sub" / "posterior.nc")
+    loaded = load_inference_data(path)
+    assert set(loaded.groups()) == set(idata.groups())
+    for group in idata.groups():
+        for name, var in getattr(idata, group).data_vars.items():
+            loaded_var = getattr(loaded, group)[name]
+            assert loaded_var.dims == var.dims
+            np.testing.assert_array_equal(loaded_var.values, var.values)
+    assert loaded.posterior.coords["obs"].values.tolist() == [0, 1, 2]
+
+
+def test_load_errors_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no InferenceData file"):
+        load_inference_data(tmp_path / "missing.nc")
+    bad = tmp_path / "corrupt.nc"
+    bad.write_bytes(b"this is not netCDF")
+    with pytest.raises(ValueError, match="not a readable ArviZ netCDF"):
+        load_inference_data(bad)
+    with pytest.raises(ValueError, match="end in .nc"):
+        save_inference_data(to_inference_data(linear_vae(), data(2), num_draws=2), tmp_path / "x.txt")
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(x=np.zeros((2, 3))), TypeError, "x must be a torch.Tensor"),
+        (dict(num_draws=0), ValueError, "num_draws must be a positive integer"),
+        (dict(obs_index=[0, 0]), ValueError, "obs_index must not repeat"),
+        (dict(target="not a model"), TypeError, "expected a pyro_decomp VAE"),
+    ],
+    ids=["x-not-tensor", "num-draws", "obs-index", "target"],
+)
+def test_to_inference_data_validates(kwargs, error, match):
+    args = dict(target=linear_vae(), x=data(2))
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        to_inference_data(args.pop("target"), args.pop("x"), **args)
+
+
+def test_nuts_recovers_analytic_posterior(nuts_run):
+    vae, x, idata = nuts_run
+    z = idata.posterior["z"]
+    assert z.dims == ("chain", "draw", "obs", "latent") and z.shape == (2, 250, 3, 2)
+    draws = z.stack(sample=("chain", "draw")).transpose("obs", "sample", "latent").values
+    # tolerance 0.1 on the means (~4 Monte Carlo standard errors, see the fixture), 0.06 on covariances
+    np.testing.assert_allclose(draws.mean(1), posterior_mean(x).numpy(), atol=0.1)
+    for i in range(x.shape[0]):
+        np.testing.assert_allclose(np.cov(draws[i].T), POST_COV.numpy(), atol=0.06)
+
+
+def test_nuts_diagnostics_and_frozen_decoder_restored(nuts_run):
+    vae, _, idata = nuts_run
+    diag = nuts_diagnostics(idata)
+    assert {"r_hat", "ess_bulk"} <= set(diag["summary"].columns)
+    assert diag["max_r_hat"] < 1.05
+    assert diag["min_ess_bulk"] > 150
+    assert diag["divergences"] == 0
+    assert idata.sample_stats["diverging"].dims == ("chain", "draw")
+    assert idata.sample_stats["lp"].shape == (2, 250)
+    # parameters were frozen during sampling and are trainable again afterwards
+    assert all(p.requires_grad for p in vae.parameters())
+    assert vae.training and vae.decoder.training
+
+
+def test_nuts_validates():
+    with pytest.raises(ValueError, match="init must be 'encoder' or 'prior'"):
+        sample_posterior_nuts(linear_vae(), data(1), init="median")
+    with pytest.raises(ValueError, match="num_chains must be a positive integer"):
+        sample_posterior_nuts(linear_vae(), data(1), num_chains=0)

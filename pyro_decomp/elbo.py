@@ -143,9 +143,7 @@ class DecompositionELBO(ELBO):
         self.beta = _check_weight("beta", beta)
         self.alpha = _check_weight("alpha", alpha)
         if divergence is None and (callable(self.alpha) or self.alpha != 0):
-            raise ValueError(
-                "alpha > 0 needs a divergence, e.g. divergence=pyro_decomp.divergences.InclusiveKL()."
-            )
+            raise ValueError("alpha > 0 needs a divergence, e.g. divergence=pyro_decomp.divergences.InclusiveKL().")
         self.divergence = divergence
         self.objective = objective
         self.latent_site = latent_site
@@ -192,12 +190,23 @@ class DecompositionELBO(ELBO):
                     if site["type"] == "sample" and hasattr(site["fn"], "batch_shape"):
                         # a meta tensor of the batch shape stands in for log_prob: no arithmetic needed
                         shape = site["fn"].batch_shape
-                        check_site_shape(
-                            dict(site, log_prob=torch.empty(shape, device="meta")), self.max_plate_nesting
-                        )
-        return poutine.util.prune_subsample_sites(model_trace), poutine.util.prune_subsample_sites(
-            guide_trace
-        )
+                        check_site_shape(dict(site, log_prob=torch.empty(shape, device="meta")), self.max_plate_nesting)
+        return poutine.util.prune_subsample_sites(model_trace), poutine.util.prune_subsample_sites(guide_trace)
+
+    def _get_traces(self, model, guide, args, kwargs):
+        if self.num_particles == 1:
+            # no particle plate is needed, so max_plate_nesting need not be guessed
+            yield self._get_trace(model, guide, args, kwargs)
+            return
+        if self.vectorize_particles and self.max_plate_nesting == float("inf"):
+            # guessing runs model and guide once; restore the RNG so that it does not shift the random
+            # stream (a resumed run must draw exactly what an uninterrupted one draws)
+            state = pyro.util.get_rng_state()
+            try:
+                self._guess_max_plate_nesting(model, guide, args, kwargs)
+            finally:
+                pyro.util.set_rng_state(state)
+        yield from super()._get_traces(model, guide, args, kwargs)
 
     def _resolve_site(self, model, guide_trace) -> str | None:
         if self.latent_site is not None:
@@ -208,9 +217,7 @@ class DecompositionELBO(ELBO):
         if name not in guide_trace.nodes:
             if self.divergence is None:
                 return None
-            latent = [
-                n for n, s in guide_trace.nodes.items() if s["type"] == "sample" and not s["is_observed"]
-            ]
+            latent = [n for n, s in guide_trace.nodes.items() if s["type"] == "sample" and not s["is_observed"]]
             raise ValueError(
                 f"the divergence acts on latent site {name!r}, which the guide does not sample; "
                 f"pass latent_site= one of {latent}."
@@ -218,16 +225,13 @@ class DecompositionELBO(ELBO):
         return name
 
     # ------------------------------------------------------------------ one trace pair
-    def _particle_terms(
-        self, model, guide, args, kwargs, model_trace, guide_trace, beta, alpha, *, extras=False
-    ):
+    def _particle_terms(self, model, guide, args, kwargs, model_trace, guide_trace, beta, alpha, *, extras=False):
         """All terms for one (possibly vectorised) trace pair, each already summed over particles."""
         P = self.num_particles if (self.vectorize_particles and self.num_particles > 1) else 1
         log_lik = 0.0
         kl = 0.0
         entropy = 0.0
         entropy_const = 0.0
-        mc_kl = False
         score = 0.0  # log q of non-reparameterised guide sites, for the score-function surrogate
         site_name = self._resolve_site(model, guide_trace)
         latent_model_site = None
@@ -243,17 +247,13 @@ class DecompositionELBO(ELBO):
             gsite = guide_trace.nodes[name]
             if not gsite["fn"].has_rsample:
                 score = (
-                    score
-                    + scale_and_mask(
-                        gsite["fn"].log_prob(gsite["value"]), gsite["scale"], gsite["mask"]
-                    ).sum()
+                    score + scale_and_mask(gsite["fn"].log_prob(gsite["value"]), gsite["scale"], gsite["mask"]).sum()
                 )
             if name == site_name:
                 latent_model_site = site
             try:
                 kl_site = kl_divergence(gsite["fn"], site["fn"])
             except NotImplementedError:
-                mc_kl = True
                 kl_site = gsite["fn"].log_prob(gsite["value"]) - site["fn"].log_prob(gsite["value"])
             kl = kl + scale_and_mask(kl_site, gsite["scale"], gsite["mask"]).sum()
             if self.objective == "entropy" or extras:
@@ -284,9 +284,7 @@ class DecompositionELBO(ELBO):
             loss = loss + terms["kl"] - (beta - 1.0) * terms["entropy_regulariser"]
 
         if self.divergence is not None and latent_model_site is not None:
-            batch = self._aggregate_batch(
-                model, args, kwargs, guide_trace.nodes[site_name], latent_model_site, P
-            )
+            batch = self._aggregate_batch(model, args, kwargs, guide_trace.nodes[site_name], latent_model_site, P)
             n_eff = self._num_data(guide_trace.nodes[site_name])
             if alpha == 0:
                 with torch.no_grad():
@@ -303,7 +301,7 @@ class DecompositionELBO(ELBO):
             loss = loss + (surrogate - surrogate.detach()) / P
         terms["loss"] = loss
         if extras:
-            terms.update(self._theorem1_terms(model_trace, guide_trace, beta, P, entropy, mc_kl))
+            terms.update(self._theorem1_terms(model, model_trace, guide_trace, beta, P, entropy))
         return terms
 
     def _num_data(self, gsite) -> float:
@@ -369,7 +367,7 @@ class DecompositionELBO(ELBO):
         return z.reshape(P, M, D), lp.reshape(P, M)
 
     # ------------------------------------------------------------------ Theorem 1 terms
-    def _theorem1_terms(self, model_trace, guide_trace, beta, P, entropy, mc_kl) -> dict[str, torch.Tensor]:
+    def _theorem1_terms(self, model, model_trace, guide_trace, beta, P, entropy) -> dict[str, torch.Tensor]:
         """annealed_kl = Σ KL(q ‖ f_β), entropy = Σ H[q], log_F_beta = Σ log F_β (sums over the data plate)."""
         annealed_kl = 0.0
         log_F = 0.0
@@ -389,7 +387,11 @@ class DecompositionELBO(ELBO):
                 var = scale.square()
                 lf = gaussian_log_normaliser(var.reshape(var.shape[: var.dim() - event_dims] + (-1,)), beta)
             elif beta > 0:
-                lf = self._log_F_importance(site["fn"], beta)
+                prior = _find_prior(model)
+                if isinstance(prior, Prior) and prior.site == name:
+                    lf = prior.log_normaliser(beta)  # closed form or quadrature where the prior knows one
+                else:
+                    lf = self._log_F_importance(site["fn"], beta)
                 # KL(q ‖ f_β) = β KL(q ‖ p) + (β - 1) H[q] + log F_β   (Theorem 1 rearranged)
                 try:
                     kl_site = kl_divergence(gsite["fn"], site["fn"])
@@ -413,8 +415,10 @@ class DecompositionELBO(ELBO):
         return {"annealed_kl": annealed_kl / P, "entropy": entropy / P, "log_F_beta": log_F / P}
 
     def _log_F_importance(self, fn, beta: float) -> torch.Tensor:
-        """Importance-sampling :math:`\\log F_\\beta = \\log \\mathbb E_p[p(z)^{\\beta-1}]`, per batch element."""
-        S = self.log_F_beta_samples
+        """Importance-sampling :math:`\\log F_\\beta = \\log \\mathbb E_p[p(z)^{\\beta-1}]`, per batch element.
+
+        ``log_F_beta_samples`` is the total budget, shared across batch elements (at least 256 each)."""
+        S = max(256, self.log_F_beta_samples // max(1, fn.batch_shape.numel()))
         with torch.no_grad():
             z = fn.sample((S,))
             return torch.logsumexp((beta - 1.0) * fn.log_prob(z), 0) - math.log(S)

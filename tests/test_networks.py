@@ -136,10 +136,12 @@ def test_pinwheel_parameter_count():
 def test_shapes_parameter_count():
     # Table 1a encoder: convs 1*32*16+32 = 544, 32*32*16+32 = 16_416, 32*64*16+64 = 32_832,
     # 64*64*16+64 = 65_600; FC 1024*128+128 = 131_200; FC 128*20+20 = 2_580 -> 249_172.
-    # Decoder (upconvs 64, 64, 32, 1): FC 10*128+128 = 1_408; FC 128*1024+1024 = 132_096;
-    # upconvs 65_600, 65_600, 64*32*16+32 = 32_800, 32*1*16+1 = 513 -> 298_017.
+    # Decoder (SPEC §5 upconvs 64, 32, 32, 1): FC 10*128+128 = 1_408; FC 128*1024+1024 = 132_096;
+    # upconvs 64*64*16+64 = 65_600, 64*32*16+32 = 32_800, 32*32*16+32 = 16_416, 32*1*16+1 = 513 -> 248_833.
     assert _num_params(ShapesEncoder()) == 249_172
-    assert _num_params(ShapesDecoder()) == 298_017
+    assert _num_params(ShapesDecoder()) == 248_833
+    # the seed table's printed variant (64, 64, 32, 1): 1_408 + 132_096 + 65_600 + 65_600 + 32_800 + 513
+    assert _num_params(ShapesDecoder(upconv_channels=(64, 64, 32))) == 298_017
 
 
 def test_encoder_scale_is_softplus_of_raw_plus_floor():
@@ -228,7 +230,7 @@ def test_build_networks_routes_options():
     assert encoder.latent_dim == decoder.latent_dim == 3
     assert encoder.net[0].out_features == decoder.net[0].out_features == 7
     assert decoder.out_multiplier == 1
-    _, shapes_decoder = build_networks("shapes", upconv_channels=(64, 32, 32))
+    _, shapes_decoder = build_networks("shapes", upconv_channels=(64, 64, 32))
     assert shapes_decoder(torch.zeros(2, 10)).shape == (2, 1, 64, 64)
 
 

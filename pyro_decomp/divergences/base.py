@@ -53,7 +53,8 @@ class AggregateBatch:
 
 def pairwise_log_prob(guide_dist: Distribution, z: torch.Tensor) -> torch.Tensor:
     """:math:`\\log q(z_j \\mid x_i)` for every pair: ``guide_dist`` ``[P, B]``, ``z: [P, M, D]`` → ``[P, M, B]``."""
-    return guide_dist.log_prob(z.unsqueeze(-2))
+    # move M in front so that [M, P, 1, D] broadcasts against the batch shape [P, B]
+    return guide_dist.log_prob(z.movedim(-2, 0).unsqueeze(-2)).movedim(0, -2)
 
 
 def log_mean_exp(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -80,9 +81,7 @@ class Divergence:
 
     def __init__(self, *, num_prior_samples: int | None = None) -> None:
         if num_prior_samples is not None and (
-            isinstance(num_prior_samples, bool)
-            or not isinstance(num_prior_samples, int)
-            or num_prior_samples < 2
+            isinstance(num_prior_samples, bool) or not isinstance(num_prior_samples, int) or num_prior_samples < 2
         ):
             raise ValueError(
                 f"num_prior_samples must be an integer >= 2 or None (= batch size), got {num_prior_samples!r}."

@@ -82,7 +82,7 @@ def test_gaussian_log_normaliser_matches_quadrature():
     var = torch.tensor([0.5, 2.0], dtype=torch.float64)
     for beta in (0.3, 1.0, 4.0):
         ref = sum(
-            math.log(integrate.quad(lambda t, s=s: stats.norm.pdf(t, scale=s) ** beta, -np.inf, np.inf)[0])
+            math.log(integrate.quad(lambda t, s=s, b=beta: stats.norm.pdf(t, scale=s) ** b, -np.inf, np.inf)[0])
             for s in var.sqrt().tolist()
         )
         assert gaussian_log_normaliser(var, beta).item() == pytest.approx(ref, abs=1e-8)

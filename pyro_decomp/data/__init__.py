@@ -1,3 +1,4 @@
+"""Datasets: the ground-truth protocol, dSprites, and torchvision-backed image datasets."""
 
 from pyro_decomp.data.dsprites import DSprites, flip_pixels, invert_colours, render_dsprites, save_image_grid
 from pyro_decomp.data.ground_truth import GroundTruthDataset, SyntheticGroundTruth

@@ -435,3 +435,14 @@ def test_bad_data_gets_a_clear_error():
     vae_b = VAE(IsotropicGaussianPrior(2), torch.nn.Linear(2, 2), BernoulliLikelihood(1), enc)
     with pytest.raises(ValueError, match=r"BernoulliLikelihood needs binary data in \{0, 1\}.*Binarise"):
         DecompositionELBO().loss(vae_b.model, vae_b.guide, torch.tensor([[0.0, 0.5]]))
+
+
+def test_svi_updates_every_vae_parameter():
+    # regression: without the PyroModule context the decoder never reached the param store
+    vae = _pinwheel_vae(AnisotropicGaussianPrior(2, learn=True))
+    before = {n: p.detach().clone() for n, p in vae.named_parameters()}
+    svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-2}), loss=DecompositionELBO(beta=2.0))
+    svi.step(torch.randn(16, 2))
+    changed = {n for n, p in vae.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert changed == set(before), f"untouched: {sorted(set(before) - changed)}"
+    assert any("decoder" in n for n in changed) and any("prior" in n for n in changed)

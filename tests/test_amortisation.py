@@ -1,0 +1,204 @@
+"""Amortisation-gap report, local ELBO, PSIS and plots on a linear-Gaussian VAE with an analytic posterior.
+
+z ~ N(0, I_2), x | z ~ N(W z + b, σ² I_3), W with orthogonal columns, so p(z | x) is a diagonal Gaussian and
+
+    log p(x) = log N(x; b, W Wᵀ + σ² I)        (the closed form every estimate is checked against).
+
+The "exact" encoder outputs the analytic posterior; the "poor" one is shifted by +1 and 0.3x too narrow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+from pyro_decomp.analysis import amortisation_report, analyse, analyse_run, load_inference_data, save_report
+from pyro_decomp.analysis.amortisation import fit_local_gaussians, gaussian_w2
+from pyro_decomp.analysis.arviz import sample_posterior_nuts, to_inference_data
+from pyro_decomp.analysis.posterior_plots import plot_aggregate_marginals, plot_encoder_vs_nuts, plot_gaps
+from pyro_decomp.models import VAE, GaussianLikelihood, GaussianMixturePrior, IsotropicGaussianPrior
+
+matplotlib.use("Agg")
+
+SIGMA = 0.5
+_Q, _ = torch.linalg.qr(torch.tensor([[1.0, 0.3], [0.2, -1.0], [0.5, 0.4]]))
+W = _Q * torch.tensor([1.5, 0.8])
+B = torch.tensor([0.3, -0.2, 0.1])
+POST_COV = torch.linalg.inv(torch.eye(2) + W.T @ W / SIGMA**2)  # diag(0.1, 0.2809)
+
+
+def posterior_mean(x: torch.Tensor) -> torch.Tensor:
+    return (x - B) @ W @ POST_COV.T / SIGMA**2
+
+
+def analytic_log_px(x: torch.Tensor) -> np.ndarray:
+    marginal = torch.distributions.MultivariateNormal(B, W @ W.T + SIGMA**2 * torch.eye(3))
+    return marginal.log_prob(x).numpy()
+
+
+class LinearDecoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(2, 3)
+        with torch.no_grad():
+            self.linear.weight.copy_(W)
+            self.linear.bias.copy_(B)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.linear(z)
+
+
+class AnalyticEncoder(nn.Module):
+    def __init__(self, shift: float = 0.0, shrink: float = 1.0) -> None:
+        super().__init__()
+        self.shift, self.shrink = shift, shrink
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc = posterior_mean(x) + self.shift
+        return loc, (POST_COV.diagonal().sqrt() * self.shrink).expand_as(loc)
+
+
+def linear_vae(poor: bool = False) -> VAE:
+    encoder = AnalyticEncoder(1.0, 0.3) if poor else AnalyticEncoder()
+    return VAE(IsotropicGaussianPrior(2), LinearDecoder(), GaussianLikelihood(1, scale=SIGMA), encoder)
+
+
+def data(n: int = 4, seed: int = 1) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 2, generator=gen) @ W.T + B + SIGMA * torch.randn(n, 3, generator=gen)
+
+
+def column(report: dict, key: str) -> np.ndarray:
+    return np.array([float(row[key]) for row in report["datapoints"]])
+
+
+@pytest.fixture(scope="module")
+def nuts_two():
+    # 2 datapoints, 2 chains x 200 draws: enough for Gaussian fits (W2) and interval coverage at ±0.1
+    x = data(2)
+    return x, sample_posterior_nuts(linear_vae(), x, num_samples=200, warmup_steps=100, num_chains=2, random_seed=0)
+
+
+def test_exact_encoder_has_no_gap():
+    x = data(4)
+    report = amortisation_report(linear_vae(), x, num_samples=1000, local_steps=20)
+    # q = p(z|x): every importance weight equals p(x), so ELBO = IWAE = log p(x) up to float32 error
+    exact = analytic_log_px(x)
+    np.testing.assert_allclose(column(report, "amortised_elbo"), exact, atol=1e-3)
+    np.testing.assert_allclose(column(report, "log_px_iwae"), exact, atol=1e-3)
+    # Adam's normalised steps jitter the local Gaussian around the optimum, so its ELBO is a 1000-draw
+    # Monte Carlo estimate for a q slightly off p: allow 0.01 nats (observed ~3e-3)
+    np.testing.assert_allclose(column(report, "local_elbo"), exact, atol=0.01)
+    np.testing.assert_allclose(column(report, "amortisation_gap"), 0.0, atol=0.01)
+    np.testing.assert_allclose(column(report, "approximation_gap"), 0.0, atol=0.01)
+    assert (column(report, "psis_khat") < 0.5).all()
+
+
+@pytest.fixture(scope="module")
+def poor_report():
+    x = data(4)
+    return x, amortisation_report(linear_vae(poor=True), x, num_samples=4000, local_steps=300)
+
+
+def test_poor_encoder_has_a_clear_amortisation_gap(poor_report):
+    x, report = poor_report
+    exact = analytic_log_px(x)
+    # the diagonal family contains p(z|x), so the local optimum closes the gap: local ELBO = log p(x)
+    np.testing.assert_allclose(column(report, "local_elbo"), exact, atol=0.02)
+    np.testing.assert_allclose(column(report, "log_px"), exact, atol=0.02)
+    np.testing.assert_allclose(column(report, "approximation_gap"), 0.0, atol=0.02)
+    # KL(q_poor || p) is several nats for a 1-unit shift with 0.3x the posterior scale
+    assert (column(report, "amortisation_gap") > 2.0).all()
+    assert (column(report, "psis_khat") > 0.7).all()
+    gaps = column(report, "inference_gap")
+    np.testing.assert_allclose(
+        gaps, column(report, "approximation_gap") + column(report, "amortisation_gap"), atol=1e-5
+    )
+    json.dumps(report, allow_nan=False)
+
+
+def test_amortisation_gap_equals_closed_form_kl(poor_report):
+    # amortisation gap = KL(q_poor || p(z|x)) here, since the local ELBO reaches log p(x)
+    x, report = poor_report
+    loc_q, scale_q = AnalyticEncoder(1.0, 0.3)(x)
+    q = torch.distributions.Normal(loc_q, scale_q)
+    p = torch.distributions.Normal(posterior_mean(x), POST_COV.diagonal().sqrt())
+    kl = torch.distributions.kl_divergence(q, p).sum(-1).numpy()
+    # MC error of the amortised ELBO with 4000 draws: sd(log w)/sqrt(4000) ~ 0.05 nats
+    np.testing.assert_allclose(column(report, "amortisation_gap"), kl, atol=0.2)
+
+
+def test_local_gaussians_converge_to_posterior():
+    x = data(3)
+    loc, scale = fit_local_gaussians(
+        linear_vae(), x, posterior_mean(x) + 1.0, torch.full((3, 2), 0.1), num_steps=200, lr=0.1
+    )
+    np.testing.assert_allclose(loc.numpy(), posterior_mean(x).numpy(), atol=0.05)
+    np.testing.assert_allclose(scale.numpy(), POST_COV.diagonal().sqrt().expand(3, 2).numpy(), rtol=0.1)
+
+
+def test_gaussian_w2_closed_form():
+    # W2(N(0,1), N(1,4)) = sqrt((0-1)^2 + (1-2)^2) = sqrt(2)
+    assert gaussian_w2(np.zeros(1), np.eye(1), np.ones(1), 4 * np.eye(1)) == pytest.approx(math.sqrt(2))
+    assert gaussian_w2(np.zeros(2), np.eye(2), np.zeros(2), np.eye(2)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_nuts_comparisons(nuts_two):
+    x, nuts = nuts_two
+    exact = amortisation_report(linear_vae(), x, nuts=nuts, num_samples=1000, local_steps=10)
+    poor = amortisation_report(linear_vae(poor=True), x, nuts=nuts, num_samples=1000, local_steps=200, local_lr=0.1)
+    assert (column(exact, "w2_encoder_nuts") < 0.1).all()
+    assert (column(poor, "w2_encoder_nuts") > 1.0).all()  # the shift alone is sqrt(2)
+    assert (column(poor, "w2_local_nuts") < 0.1).all()
+    for row in exact["datapoints"]:
+        assert row["coverage"]["0.5"] == pytest.approx(0.5, abs=0.1)
+        assert row["coverage"]["0.9"] == pytest.approx(0.9, abs=0.1)
+    assert all(row["coverage"]["0.9"] < 0.3 for row in poor["datapoints"])
+    assert exact["nuts"]["divergences"] == 0 and exact["nuts"]["max_r_hat"] < 1.1
+
+
+def test_report_validates(nuts_two):
+    x, nuts = nuts_two
+    with pytest.raises(ValueError, match="nuts holds 2 datapoints but x holds 3"):
+        amortisation_report(linear_vae(), data(3), nuts=nuts, num_samples=10, local_steps=1)
+    with pytest.raises(ValueError, match="credible_levels must lie in"):
+        amortisation_report(linear_vae(), x, credible_levels=(1.5,), num_samples=10, local_steps=1)
+
+
+def test_plots_return_axes(nuts_two):
+    x, nuts = nuts_two
+    idata = to_inference_data(linear_vae(), x, num_draws=50)
+    fig = Figure()
+    axes = np.array(fig.subplots(2, 2))
+    assert plot_encoder_vs_nuts(idata, nuts, obs=0, axes=axes).shape == (2, 2)
+    fig = Figure()
+    assert plot_aggregate_marginals(idata, GaussianMixturePrior(), axes=fig.subplots(1, 2)).shape == (2,)
+    report = amortisation_report(linear_vae(), x, num_samples=50, local_steps=1)
+    ax = Figure().subplots()
+    assert plot_gaps(report, ax=ax) is ax
+    with pytest.raises(ValueError, match="pass obs="):
+        plot_encoder_vs_nuts(idata, nuts)
+
+
+def test_analyse_writes_outputs(tmp_path):
+    vae, x = linear_vae(), data(5)
+    kw = dict(nuts_samples=60, nuts_warmup=40, num_draws=20, num_samples=200, local_steps=10)
+    paths = analyse_run(tmp_path, nuts_datapoints=1, load=lambda run_dir: (vae, x), **kw)
+    assert (tmp_path / "posterior.nc").is_file() and (tmp_path / "posterior_nuts.nc").is_file()
+    for name in ("posterior_pair_obs0", "aggregate_posterior", "amortisation_gaps"):
+        assert paths[name].is_file() and paths[name].stat().st_size > 0
+    report = json.loads((tmp_path / "amortisation.json").read_text())
+    assert [row["obs"] for row in report["datapoints"]] == [0]
+    assert load_inference_data(tmp_path / "posterior.nc").posterior["z"].shape == (2, 20, 5, 2)
+    save_report(report, tmp_path / "copy.json")
+    with pytest.raises(NotImplementedError, match="load="):
+        analyse_run(tmp_path)
+    with pytest.raises(ValueError, match="nuts must be a non-negative"):
+        analyse(vae, x, tmp_path, nuts=-1)

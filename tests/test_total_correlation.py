@@ -120,7 +120,9 @@ def _subset_batch(loc, scale, B, repeats, gen, dtype=torch.float64):
 
 def test_mss_converges_to_exact_tc_and_mws_limit():
     loc, scale = _synthetic_encoders()
-    exact = _grid_terms(loc, scale, h=0.01, lim=6.0, with_mi=False)["tc"]  # TC of the 64-component mixture by quadrature
+    exact = _grid_terms(loc, scale, h=0.01, lim=6.0, with_mi=False)[
+        "tc"
+    ]  # TC of the 64-component mixture by quadrature
     assert exact > 0.2
     gen = torch.Generator().manual_seed(0)
     mss, mws = TotalCorrelation("mss"), TotalCorrelation("mws")

@@ -11,6 +11,8 @@ across a batch, i.e. samples of :math:`\\prod_d q(z_d)` (class 1), and :math:`\\
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -250,8 +252,9 @@ class FactorVAE(ScheduledDivergence):
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
         state = super().state_dict()
-        state["discriminator"] = dict(self.discriminator.state_dict())
-        state["optimizer"] = self.optimizer.state_dict()
+        # snapshots, not references: later discriminator steps must not change a saved state
+        state["discriminator"] = {k: v.detach().clone() for k, v in self.discriminator.state_dict().items()}
+        state["optimizer"] = copy.deepcopy(self.optimizer.state_dict())
         if self._previous is not None:
             state["previous_codes"] = self._previous.detach().clone()
         return state

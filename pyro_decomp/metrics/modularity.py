@@ -113,7 +113,7 @@ def _explicitness_per_factor(
     train_codes: np.ndarray, y_train: np.ndarray, test_codes: np.ndarray, y_test: np.ndarray
 ) -> tuple[float, float]:
     """Mean one-vs-rest ROC AUC of a logistic regression, on the training and the test points."""
-    model = LogisticRegression(max_iter=1000)
+    model = LogisticRegression()
     with quiet_convergence():
         model.fit(train_codes, y_train)
     return _mean_ovr_auc(model, train_codes, y_train), _mean_ovr_auc(model, test_codes, y_test)

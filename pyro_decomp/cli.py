@@ -1,0 +1,192 @@
+"""The ``pyro-decomp`` command line: ``run``, ``sweep``, ``eval`` and ``list``.
+
+Examples::
+
+    pyro-decomp list
+    pyro-decomp run fig3-pinwheel --out runs/fig3-pinwheel
+    pyro-decomp run fig3-pinwheel --smoke model.alpha=8 train.steps=200
+    pyro-decomp run --resume runs/fig3-pinwheel
+    pyro-decomp sweep fig3-pinwheel-grid --workers 2
+    pyro-decomp sweep fig3-pinwheel-grid --executor ray --address auto
+    pyro-decomp eval runs/fig3-pinwheel
+
+Bad input (unknown experiment or key, invalid value, missing or corrupt file) prints one line
+``pyro-decomp: error: ...`` and exits with status 2; a diverged run exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyro-decomp",
+        description="Decomposed VAE experiments (Mathieu et al. 2019) on Pyro: run, sweep, evaluate.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{run,sweep,eval,list}")
+    sub.required = True
+
+    def size_args(p: argparse.ArgumentParser) -> None:
+        g = p.add_mutually_exclusive_group()
+        g.add_argument("--smoke", action="store_true", help="the smoke size (seconds to minutes on a CPU)")
+        g.add_argument("--size", help="a size named in the experiment file (e.g. smoke, paper, long)")
+
+    run = sub.add_parser("run", help="train and evaluate one experiment")
+    run.add_argument("experiment", nargs="?", help="experiment id (see `pyro-decomp list`) or a .yaml file")
+    run.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. model.beta=0.5")
+    size_args(run)
+    run.add_argument("--out", help="run directory (default: runs/<experiment id>)")
+    run.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to train (default: config, auto)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    run.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a run")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    sweep = sub.add_parser("sweep", help="run a grid of experiments and summarise it")
+    sweep.add_argument("sweep", help="sweep id (e.g. fig3-pinwheel-grid) or a .yaml file")
+    sweep.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every run")
+    size_args(sweep)
+    sweep.add_argument("--out", help="sweep directory (default: runs/<sweep id>)")
+    sweep.add_argument("--executor", choices=("local", "ray"), default="local")
+    sweep.add_argument("--address", help="Ray cluster address (with --executor ray), e.g. auto or ray://host:10001")
+    sweep.add_argument("--workers", type=int, help="parallel runs (default: number of CPU cores)")
+
+    ev = sub.add_parser("eval", help="re-evaluate a finished run directory")
+    ev.add_argument("run_dir")
+    ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+
+    sub.add_parser("list", help="list the shipped experiments and what each reproduces")
+    return parser
+
+
+def _cmd_list() -> int:
+    from .config import _experiments_dir, experiment_ids, load_yaml
+
+    ids = experiment_ids()
+    width = max((len(i) for i in ids), default=10)
+    for exp_id in ids:
+        spec = load_yaml(_experiments_dir() / f"{exp_id}.yaml")
+        kind = "sweep" if "grid" in spec else "run"
+        sizes = ", ".join(spec.get("sizes") or {}) or "-"
+        print(f"{exp_id:<{width}}  [{kind}; sizes: {sizes}]  {spec.get('reproduces', '')}")
+        if spec.get("description"):
+            print(f"{'':<{width}}  {spec['description']}")
+    return 0
+
+
+def _summary_line(metrics: dict) -> str:
+    m = metrics.get("measures", {})
+    keys = ("kl_prior_to_aggregate", "kl_aggregate_to_prior", "mmd_rbf", "occupancy_evenness", "nmi", "ari", "overlap")
+    return "  ".join(f"{k}={m[k]:.4g}" for k in keys if isinstance(m.get(k), float))
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .config import apply_overrides, config_from_dict, config_to_dict, load_experiment, parse_overrides
+    from .runner import load_run_config, run_experiment
+
+    if args.experiment and "=" in args.experiment and not Path(args.experiment).is_file():
+        args.overrides = [args.experiment, *args.overrides]  # `run --resume DIR key=value`
+        args.experiment = None
+    overrides = parse_overrides(args.overrides)
+    if args.device:
+        overrides["train.device"] = args.device
+    if args.no_progress:
+        overrides["train.progress"] = False
+    size = "smoke" if args.smoke else args.size
+    if args.resume:
+        run_dir = Path(args.resume)
+        if args.out and Path(args.out) != run_dir:
+            raise ValueError("--resume continues RUN_DIR in place; do not also pass a different --out.")
+        if size:
+            raise ValueError("--smoke/--size cannot change a resumed run; override single keys instead.")
+        saved = load_run_config(run_dir)
+        if args.experiment and args.experiment not in (saved.id, str(run_dir)):
+            raise ValueError(f"{str(run_dir)!r} holds a run of {saved.id!r}, not {args.experiment!r}.")
+        cfg = config_from_dict(apply_overrides(config_to_dict(saved), overrides))
+        metrics = run_experiment(cfg, run_dir, resume=True)
+    else:
+        if not args.experiment:
+            raise ValueError("name an experiment (see `pyro-decomp list`) or pass --resume RUN_DIR.")
+        cfg = load_experiment(args.experiment, size=size, overrides=overrides)
+        run_dir = Path(args.out or Path("runs") / cfg.id)
+        metrics = run_experiment(cfg, run_dir, overwrite=args.overwrite)
+    print(f"run {cfg.id} [{cfg.size}] finished: {run_dir}")
+    print(f"  {_summary_line(metrics)}")
+    print(f"  figure: {run_dir / 'figures' / 'aggregate_posterior.png'}")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .config import find_experiment, load_yaml, parse_overrides
+    from .experiments.sweep import run_sweep
+
+    overrides = parse_overrides(args.overrides)
+    sweep_id = load_yaml(find_experiment(args.sweep)).get("id", Path(args.sweep).stem)
+    out = Path(args.out or Path("runs") / str(sweep_id))
+    rows = run_sweep(
+        args.sweep,
+        out,
+        size="smoke" if args.smoke else args.size,
+        overrides=overrides,
+        executor=args.executor,
+        workers=args.workers,
+        address=args.address,
+        log=lambda msg: print(msg, flush=True),
+    )
+    print((out / "summary.md").read_text(), end="")
+    return EXIT_FAILED if any(r["status"] == "failed" for r in rows) else 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .runner import evaluate_run
+
+    metrics = evaluate_run(args.run_dir, device=args.device)
+    print(json.dumps({k: metrics.get(k) for k in ("id", "alpha", "beta", "seed")}))
+    print(f"  {_summary_line(metrics)}")
+    print(f"  wrote {Path(args.run_dir) / 'metrics.json'}, figures/aggregate_posterior.png, posterior.nc")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pyro-decomp`` console script; returns the exit status."""
+    parser = _build_parser()
+    # overrides may come after options (`run x --smoke a=1`), which plain argparse rejects
+    args, extra = parser.parse_known_args(argv)
+    stray = [e for e in extra if e.startswith("-") or "=" not in e or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
+    from .train import NonFiniteLossError
+
+    try:
+        if args.command == "list":
+            return _cmd_list()
+        if args.command == "run":
+            return _cmd_run(args)
+        if args.command == "sweep":
+            return _cmd_sweep(args)
+        return _cmd_eval(args)
+    except NonFiniteLossError as e:
+        print(f"pyro-decomp: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
+        msg = str(e) if not isinstance(e, FileNotFoundError) or not e.filename else f"{e.strerror}: {e.filename}"
+        print(f"pyro-decomp: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("pyro-decomp: interrupted (the latest checkpoint was kept; continue with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

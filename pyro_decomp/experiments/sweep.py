@@ -1,0 +1,352 @@
+"""Sweeps: many independent runs from one YAML grid, on local processes or on Ray, then a summary.
+
+A sweep file::
+
+    id: fig3-pinwheel-grid
+    base: fig3-pinwheel          # an experiment id or a path to an experiment .yaml
+    grid:                        # one block per figure row; each block is a product over `vary`
+      - {title: "alpha = 0", fixed: {model.alpha: 0.0}, vary: {model.beta: [0.01, 0.3]}}
+    seeds: [0]                   # train.seed values (each seed is a separate run)
+    sizes: {smoke: {train.steps: 100}, paper: {}}
+
+Outputs in the sweep directory: ``runs/<name>/`` (full run directories), ``grid.png`` (one density
+panel per run, first seed), ``summary.csv`` and ``summary.md``. Runs that already hold a
+``metrics.json`` for the same config are reused, so an interrupted sweep can be restarted.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import (
+    ConfigError,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    find_experiment,
+    load_experiment,
+    load_yaml,
+)
+
+__all__ = ["SweepRun", "SweepSpec", "load_sweep", "run_sweep"]
+
+_SWEEP_KEYS = ("id", "description", "reproduces", "base", "grid", "seeds", "sizes", "default_size")
+SUMMARY_COLUMNS = (
+    "name",
+    "row",
+    "alpha",
+    "beta",
+    "seed",
+    "status",
+    "kl_prior_to_aggregate",
+    "kl_aggregate_to_prior",
+    "mmd_rbf",
+    "occupancy_evenness",
+    "nmi",
+    "ari",
+    "overlap",
+    "mean_encoder_std",
+    "mean_log_prior",
+    "test_reconstruction_per_point",
+    "train_seconds",
+)
+
+
+@dataclass
+class SweepRun:
+    """One run of a sweep: its name, figure position and resolved config (as a dict)."""
+
+    name: str
+    row: int
+    col: int
+    title: str
+    seed: int
+    config: dict[str, Any]
+
+
+@dataclass
+class SweepSpec:
+    id: str
+    description: str
+    rows: list[str]
+    runs: list[SweepRun] = field(default_factory=list)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def load_sweep(name: str | Path, *, size: str | None = None, overrides: Mapping[str, Any] | None = None) -> SweepSpec:
+    """Expand a sweep file into runs with validated configs.
+
+    >>> spec = load_sweep("fig3-pinwheel-grid", size="smoke")
+    >>> len(spec.runs), spec.runs[0].name
+    (10, 'alpha0_beta0.01_seed0')
+    """
+    path = find_experiment(name)
+    spec = load_yaml(path)
+    if "grid" not in spec or "base" not in spec:
+        raise ConfigError(f"{path.stem!r} is a single experiment, not a sweep; use `pyro-decomp run {name}`.")
+    unknown = sorted(set(spec) - set(_SWEEP_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown sweep key {unknown[0]!r}; valid keys: {', '.join(_SWEEP_KEYS)}.")
+    base_name = str(spec["base"])
+    if base_name.endswith((".yaml", ".yml")) and not Path(base_name).is_absolute():
+        base_name = str(path.parent / base_name)
+    base = config_to_dict(load_experiment(base_name))
+    sizes = spec.get("sizes") or {}
+    size = size or spec.get("default_size") or ("paper" if "paper" in sizes else None)
+    if size is not None and size not in sizes:
+        raise ConfigError(f"{path}: unknown size {size!r}; choose one of {', '.join(sorted(sizes)) or '(none)'}.")
+    base = apply_overrides(base, dict(sizes.get(size) or {}) if size else {})
+    base["size"] = size or "default"
+    base["id"] = str(spec.get("id", path.stem))
+    seeds = spec.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+        raise ConfigError(f"{path}: seeds must be a non-empty list of non-negative integers, got {seeds!r}.")
+    grid = spec["grid"]
+    if not isinstance(grid, list) or not grid:
+        raise ConfigError(f"{path}: grid must be a non-empty list of blocks with 'fixed' and 'vary'.")
+    out = SweepSpec(id=base["id"], description=str(spec.get("description", "")), rows=[])
+    names: set[str] = set()
+    for r, block in enumerate(grid):
+        if not isinstance(block, Mapping) or set(block) - {"title", "fixed", "vary"}:
+            raise ConfigError(f"{path}: grid block {r} must be a mapping with keys title, fixed, vary.")
+        fixed = dict(block.get("fixed") or {})
+        vary = dict(block.get("vary") or {})
+        for k, v in vary.items():
+            if not isinstance(v, list) or not v:
+                raise ConfigError(f"{path}: grid block {r}: vary.{k} must be a non-empty list, got {v!r}.")
+        out.rows.append(str(block.get("title", f"row {r}")))
+        keys = list(vary)
+        for c, values in enumerate(itertools.product(*(vary[k] for k in keys)) if keys else [()]):
+            assignment = {**fixed, **dict(zip(keys, values, strict=True))}
+            for seed in seeds:
+                over = {**assignment, "train.seed": seed, **dict(overrides or {})}
+                cfg = config_to_dict(config_from_dict(apply_overrides(base, over)))
+                label = "_".join(f"{k.split('.')[-1]}{_fmt(v)}" for k, v in assignment.items())
+                run_name = f"{label}_seed{seed}" if label else f"seed{seed}"
+                if run_name in names:
+                    raise ConfigError(f"{path}: two grid points give the same run {run_name!r}.")
+                names.add(run_name)
+                title = ", ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in assignment.items())
+                out.runs.append(SweepRun(run_name, r, c, title, seed, cfg))
+    return out
+
+
+def _sweep_worker(config: dict[str, Any], run_dir: str, threads: int) -> dict[str, Any]:
+    """Run (or reuse) one run; never raises, so one failure does not stop the sweep."""
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    run_dir_p = Path(run_dir)
+    t0 = time.perf_counter()
+    try:
+        from ..runner import load_run_config, run_experiment
+
+        metrics_path = run_dir_p / "metrics.json"
+        reuse = metrics_path.is_file() and (run_dir_p / "figures" / "aggregate_posterior.npz").is_file()
+        if reuse:
+            reuse = config_to_dict(load_run_config(run_dir_p)) == config
+        if reuse:
+            result = json.loads(metrics_path.read_text())
+            result["status"] = "reused"
+        else:
+            has_ckpt = (run_dir_p / "checkpoint.pt").is_file()
+            same = has_ckpt and config_to_dict(load_run_config(run_dir_p)) == config
+            result = run_experiment(
+                config, run_dir_p, resume=bool(same), overwrite=bool(has_ckpt and not same), progress=False
+            )
+            result = {k: v for k, v in result.items() if k not in ("density", "prior_density", "extent")}
+            result["status"] = "ok"
+        result["run_dir"] = str(run_dir_p)
+        return result
+    except Exception as e:  # report and move on; the summary marks the run as failed
+        return {
+            "status": "failed",
+            "error": f"{type(e).__name__}: {e}",
+            "traceback": traceback.format_exc(),
+            "run_dir": str(run_dir_p),
+            "seconds": time.perf_counter() - t0,
+        }
+
+
+def _run_local(jobs: list[tuple[dict, str]], workers: int, log) -> list[dict]:
+    if workers == 1:
+        threads = os.cpu_count() or 1
+        return [_report(_sweep_worker(c, d, threads), log) for c, d in jobs]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    results: list[dict | None] = [None] * len(jobs)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(_sweep_worker, c, d, threads): i for i, (c, d) in enumerate(jobs)}
+        for fut in as_completed(futures):
+            results[futures[fut]] = _report(fut.result(), log)
+    return [r for r in results if r is not None]
+
+
+def _run_ray(jobs: list[tuple[dict, str]], workers: int, address: str | None, log) -> list[dict]:
+    try:
+        import ray
+    except ImportError:
+        raise ValueError(
+            "--executor ray needs Ray: pip install 'pyro-decomp[ray]' (or use --executor local)."
+        ) from None
+    started = False
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        started = True
+    try:
+        remote = ray.remote(num_cpus=1)(_sweep_worker)
+        refs = [remote.remote(c, d, 1) for c, d in jobs]
+        index = {ref: i for i, ref in enumerate(refs)}
+        results: list[dict | None] = [None] * len(refs)
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                results[index[ref]] = _report(ray.get(ref), log)
+        return [r for r in results if r is not None]
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _report(result: dict, log) -> dict:
+    name = Path(result.get("run_dir", "?")).name
+    if result.get("status") == "failed":
+        log(f"[sweep] {name}: FAILED: {result.get('error')}")
+    else:
+        m = result.get("measures", {})
+        log(
+            f"[sweep] {name}: {result['status']}  KL(p||q)={m.get('kl_prior_to_aggregate', float('nan')):.3f}  "
+            f"evenness={m.get('occupancy_evenness', float('nan')):.3f}  overlap={m.get('overlap', float('nan')):.3f}"
+        )
+    return result
+
+
+def _row(run: SweepRun, result: Mapping[str, Any]) -> dict[str, Any]:
+    m = result.get("measures", {}) or {}
+    test = result.get("test", {}) or {}
+    n = run.config["data"]["arms"] * run.config["data"]["test_per_arm"]
+    row = {
+        "name": run.name,
+        "row": run.row,
+        "alpha": run.config["model"]["alpha"],
+        "beta": run.config["model"]["beta"],
+        "seed": run.seed,
+        "status": result.get("status", "failed"),
+        "test_reconstruction_per_point": (test["reconstruction"] / n)
+        if test.get("reconstruction") is not None
+        else None,
+        "train_seconds": result.get("train_seconds"),
+    }
+    for k in SUMMARY_COLUMNS:
+        if k not in row:
+            row[k] = m.get(k)
+    return row
+
+
+def _write_tables(rows: list[dict], out_dir: Path) -> None:
+    with open(out_dir / "summary.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(SUMMARY_COLUMNS))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in SUMMARY_COLUMNS})
+
+    def cell(v: Any) -> str:
+        if v is None:
+            return "-"
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
+    lines += ["| " + " | ".join(cell(r.get(k)) for k in SUMMARY_COLUMNS) + " |" for r in rows]
+    (out_dir / "summary.md").write_text("\n".join(lines) + "\n")
+
+
+def run_sweep(
+    name: str | Path,
+    out_dir: str | Path,
+    *,
+    size: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    executor: str = "local",
+    workers: int | None = None,
+    address: str | None = None,
+    log=print,
+) -> list[dict[str, Any]]:
+    """Run every point of a sweep and write ``grid.png``, ``summary.csv`` and ``summary.md``.
+
+    :param executor: ``"local"`` (a spawn-context process pool; ``workers=1`` runs in this process)
+        or ``"ray"`` (``ray.init(address=address)`` when given, else a local ``ray.init(num_cpus=workers)``).
+        On a multi-node cluster ``out_dir`` must be on a filesystem every node can write.
+    :returns: the summary rows.
+    """
+    if executor not in ("local", "ray"):
+        raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}.")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be a positive integer, got {workers!r}.")
+    if address and executor != "ray":
+        raise ValueError("--address only applies to --executor ray.")
+    spec = load_sweep(name, size=size, overrides=overrides)
+    out_dir = Path(out_dir)
+    (out_dir / "runs").mkdir(parents=True, exist_ok=True)
+    workers = workers or min(len(spec.runs), os.cpu_count() or 1)
+    jobs = []
+    for run in spec.runs:
+        cfg = json.loads(json.dumps(run.config))
+        cfg["train"]["progress"] = False
+        run.config = cfg
+        jobs.append((cfg, str(out_dir / "runs" / run.name)))
+    log(f"[sweep] {spec.id}: {len(jobs)} runs on {executor} with {workers} worker(s) -> {out_dir}")
+    t0 = time.perf_counter()
+    if executor == "local":
+        results = _run_local(jobs, workers, log)
+    else:
+        results = _run_ray(jobs, workers, address, log)
+    rows = [_row(run, res) for run, res in zip(spec.runs, results, strict=True)]
+    _write_tables(rows, out_dir)
+    _grid_figure(spec, results, out_dir / "grid.png")
+    (out_dir / "sweep.json").write_text(
+        json.dumps({"id": spec.id, "runs": [r.name for r in spec.runs], "seconds": time.perf_counter() - t0}, indent=2)
+    )
+    failed = [r["name"] for r in rows if r["status"] == "failed"]
+    log(f"[sweep] done in {time.perf_counter() - t0:.1f} s; wrote {out_dir / 'summary.md'} and {out_dir / 'grid.png'}")
+    if failed:
+        log(f"[sweep] {len(failed)} run(s) failed: {', '.join(failed)} (see the error lines above)")
+    return rows
+
+
+def _grid_figure(spec: SweepSpec, results: Sequence[Mapping[str, Any]], path: Path) -> None:
+    from ..analysis.plots import plot_density_grid, save_figure
+
+    first_seed = spec.runs[0].seed if spec.runs else 0
+    ncols = max((r.col for r in spec.runs), default=-1) + 1
+    panels: list[list[dict | None]] = [[None] * ncols for _ in spec.rows]
+    for run, res in zip(spec.runs, results, strict=True):
+        if run.seed != first_seed:
+            continue
+        npz = Path(res.get("run_dir", "")) / "figures" / "aggregate_posterior.npz"
+        panel: dict[str, Any] = {"title": run.title}
+        if res.get("status") != "failed" and npz.is_file():
+            with np.load(npz, allow_pickle=False) as data:
+                panel.update({k: data[k] for k in ("density", "prior_density", "extent")})
+        panels[run.row][run.col] = panel
+    fig = plot_density_grid(panels, suptitle=f"{spec.id}: density of q(z) over p(z) contours")
+    save_figure(fig, path)

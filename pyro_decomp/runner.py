@@ -1,0 +1,468 @@
+"""Experiment runner: build data, model and objective from a config, train, evaluate, write the run dir.
+
+A run directory holds::
+
+    config.yaml                 the resolved config
+    checkpoint.pt               the latest checkpoint (plus checkpoints/step_*.pt)
+    logs/train.jsonl            every loss term at every logged step; logs/tensorboard/ events
+    metrics.json                final loss terms and the q(z)-vs-p(z) measures on the test split
+    figures/aggregate_posterior.png
+    posterior.nc                ArviZ InferenceData of the test encodings
+
+The evaluation measures do not reuse the training estimator (:func:`evaluate_pinwheel`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+
+from .config import ConfigError, ExperimentConfig, config_from_dict, config_to_dict, load_yaml, save_config
+from .train import CHECKPOINT_NAME, Trainer, latest_checkpoint, load_checkpoint, resolve_device
+
+__all__ = [
+    "Experiment",
+    "build_experiment",
+    "evaluate_pinwheel",
+    "evaluate_run",
+    "load_run_config",
+    "run_experiment",
+    "write_posterior_netcdf",
+]
+
+
+@dataclass
+class Experiment:
+    """Everything a run needs, built from a config."""
+
+    config: ExperimentConfig
+    vae: Any
+    elbo: Any
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    pyro.set_rng_seed(seed)
+
+
+def _build_prior(cfg: ExperimentConfig):
+    from .models import GaussianMixturePrior, IsotropicGaussianPrior, SparseMixturePrior, StudentTPrior
+
+    p, d = cfg.prior, cfg.model.latent_dim
+    if p.name == "mixture":
+        return GaussianMixturePrior(d, n_components=p.n_components, variance=p.variance, means=p.means)
+    if p.name == "isotropic":
+        return IsotropicGaussianPrior(d)
+    if p.name == "student_t":
+        return StudentTPrior(d, df=p.df)
+    if p.name == "sparse_mixture":
+        return SparseMixturePrior(d, gamma=p.gamma, sigma0=p.sigma0)
+    raise ConfigError(f"prior.name: unknown prior {p.name!r}.")
+
+
+def _build_divergence(cfg: ExperimentConfig):
+    from .divergences import MMD, InclusiveKL
+
+    m = cfg.model
+    kw = {"num_prior_samples": m.num_prior_samples}
+    return {
+        "none": lambda: None,
+        "inclusive_kl": lambda: InclusiveKL(**kw),
+        "mmd_imq": lambda: MMD("imq", **kw),
+        "mmd_rbf": lambda: MMD("rbf", **kw),
+        "mmd_per_dim": lambda: MMD("per_dim", **kw),
+    }[m.divergence]()
+
+
+def build_experiment(cfg: ExperimentConfig) -> Experiment:
+    """Seed everything with ``train.seed`` and build data, VAE and :class:`~pyro_decomp.DecompositionELBO`."""
+    from .data.pinwheel import pinwheel_splits
+    from .elbo import DecompositionELBO
+    from .models import VAE, GaussianLikelihood
+    from .models.networks import build_networks
+
+    if cfg.data.name != "pinwheel":
+        raise ConfigError(f"data.name: only 'pinwheel' is wired into the runner, got {cfg.data.name!r}.")
+    d = cfg.data
+    splits = pinwheel_splits(
+        d.seed,
+        per_arm=d.per_arm,
+        test_per_arm=d.test_per_arm,
+        radial_std=d.radial_std,
+        tangential_std=d.tangential_std,
+        arms=d.arms,
+        rate=d.rate,
+    )
+    _seed_everything(cfg.train.seed)
+    m = cfg.model
+    encoder, decoder = build_networks(
+        m.networks,
+        latent_dim=m.latent_dim,
+        hidden_dim=m.hidden_dim,
+        out_multiplier=1 if m.likelihood_scale is not None else 2,
+    )
+    vae = VAE(_build_prior(cfg), decoder, GaussianLikelihood(scale=m.likelihood_scale), encoder)
+    divergence = _build_divergence(cfg)
+    elbo = DecompositionELBO(
+        beta=m.beta,
+        alpha=m.alpha,
+        divergence=divergence,
+        objective=m.objective,
+        num_particles=m.num_particles,
+    )
+    return Experiment(cfg, vae, elbo, splits.x_train, splits.y_train, splits.x_test, splits.y_test)
+
+
+def load_run_config(run_dir: str | Path) -> ExperimentConfig:
+    """The resolved config saved in ``run_dir/config.yaml``."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(run_dir)!r} is not a run directory: it has no config.yaml.")
+    return config_from_dict(load_yaml(path))
+
+
+def _make_trainer(exp: Experiment, run_dir: Path, *, progress: bool | None, callbacks=()) -> Trainer:
+    t = exp.config.train
+    return Trainer(
+        exp.vae,
+        exp.vae.model,
+        exp.vae.guide,
+        exp.elbo,
+        exp.x_train,
+        run_dir=run_dir,
+        steps=t.steps,
+        lr=t.lr,
+        adam_betas=t.adam_betas,
+        batch_size=t.batch_size,
+        seed=t.seed,
+        device=t.device,
+        checkpoint_every=t.checkpoint_every,
+        keep_checkpoints=t.keep_checkpoints,
+        log_every=t.log_every,
+        progress=(t.progress and progress is not False) if progress is not None else (t.progress or None),
+        tensorboard=t.tensorboard,
+        validate=t.validate,
+        config=config_to_dict(exp.config),
+        callbacks=callbacks,
+    )
+
+
+def run_experiment(
+    cfg: ExperimentConfig | Mapping[str, Any],
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    callbacks=(),
+    evaluate: bool = True,
+) -> dict[str, Any]:
+    """Train (or continue) one run and evaluate it. Returns the metrics plus the density grid.
+
+    :param cfg: a resolved config (or its dict form, as sent to sweep workers).
+    :param run_dir: the run directory; it must not hold a run unless ``resume`` or ``overwrite``.
+    :param resume: continue from ``run_dir``'s latest checkpoint (the saved config is the base).
+    """
+    if isinstance(cfg, Mapping):
+        cfg = config_from_dict(cfg)
+    run_dir = Path(run_dir)
+    if overwrite and resume:
+        raise ValueError("pass either resume or overwrite, not both.")
+    has_run = (run_dir / "config.yaml").is_file() or latest_checkpoint(run_dir) is not None
+    if has_run and not resume:
+        if not overwrite:
+            raise FileExistsError(
+                f"{str(run_dir)!r} already holds a run; pass --resume {run_dir} to continue it, "
+                "--overwrite to start afresh, or choose another --out."
+            )
+        for name in ("checkpoints", "logs", "figures"):
+            shutil.rmtree(run_dir / name, ignore_errors=True)
+        for name in (CHECKPOINT_NAME, "metrics.json", "posterior.nc", "config.yaml"):
+            (run_dir / name).unlink(missing_ok=True)
+    if resume and latest_checkpoint(run_dir) is None:
+        raise FileNotFoundError(f"cannot resume: {str(run_dir)!r} holds no checkpoint.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    if cfg.train.threads is not None:
+        torch.set_num_threads(cfg.train.threads)
+    exp = build_experiment(cfg)
+    trainer = _make_trainer(exp, run_dir, progress=progress, callbacks=callbacks)
+    result = trainer.fit(resume=resume)
+    if not evaluate:
+        return {"train": result}
+    return evaluate_experiment(exp, run_dir, train_seconds=result["seconds"])
+
+
+def evaluate_run(run_dir: str | Path, *, device: str = "cpu") -> dict[str, Any]:
+    """Rebuild a run from ``run_dir/config.yaml`` and its latest checkpoint, and re-evaluate it."""
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    exp = build_experiment(cfg)
+    state = load_checkpoint(run_dir)
+    exp.vae.load_state_dict(state["module"])
+    exp.vae.to(resolve_device(device))
+    if hasattr(exp.elbo, "load_state_dict"):
+        exp.elbo.load_state_dict(state["elbo"])
+    return evaluate_experiment(exp, run_dir)
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+def _mixture_log_density(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """:math:`\\log \\frac1n\\sum_i \\mathcal N(z; \\mu_i, \\mathrm{diag}\\,\\sigma_i^2)` for ``z: [m, D]``."""
+    out = []
+    log_n = math.log(loc.shape[0])
+    for zc in z.split(chunk):
+        lp = torch.distributions.Normal(loc, scale).log_prob(zc.unsqueeze(1)).sum(-1)  # [m, n]
+        out.append(torch.logsumexp(lp, -1) - log_n)
+    return torch.cat(out)
+
+
+def _mmd_rbf(x: torch.Tensor, y: torch.Tensor, bandwidths=(0.05, 0.1, 0.2, 0.5, 1.0)) -> float:
+    """Unbiased MMD² with a sum of RBF kernels, computed here (not via the training divergence)."""
+
+    def ksum(a, b, same):
+        d2 = torch.cdist(a, b).square()
+        k = sum(torch.exp(-d2 / (2 * h * h)) for h in bandwidths)
+        total = k.sum()
+        if same:
+            total = total - k.diagonal().sum()
+            return total / (a.shape[0] * (a.shape[0] - 1))
+        return total / (a.shape[0] * b.shape[0])
+
+    return float(ksum(x, x, True) + ksum(y, y, True) - 2 * ksum(x, y, False))
+
+
+@torch.no_grad()
+def evaluate_pinwheel(
+    vae, x_test: torch.Tensor, y_test: torch.Tensor, *, num_samples: int = 4000, seed: int = 0, grid_size: int = 160
+) -> dict[str, Any]:
+    """Measures of how well the test aggregate posterior :math:`q(z) = \\frac1n\\sum_i q(z|x_i)` matches p(z).
+
+    None of them uses the training estimator. With ``loc_i, scale_i`` the encoder outputs on the test set:
+
+    * ``mmd_rbf``: unbiased MMD² (sum of RBF kernels, bandwidths 0.05-1, the scale of the prior's
+      components) between ``num_samples`` draws of q(z) and of p(z);
+    * ``kl_prior_to_aggregate`` = KL(p ‖ q) and ``kl_aggregate_to_prior`` = KL(q ‖ p): plain Monte Carlo
+      with ``num_samples`` draws and the exact mixture density of q (all n test encoders);
+    * ``occupancy_evenness``: entropy of the histogram of the most probable prior component of each
+      encoder mean, divided by log C (1 = the clusters are filled evenly);
+    * ``nmi``, ``ari``: between that component and the pinwheel arm (SPEC §6 clustering quality);
+    * ``mean_log_prior``: mean of log p(μ_i) over test encoder means;
+    * ``overlap``: :math:`1 - \\mathbb E_i \\mathbb E_{z\\sim q(z|x_i)}[q(z|x_i) / \\sum_j q(z|x_j)]`, the
+      probability that a draw from one encoder is better explained by another one (0: disjoint encodings;
+      → 1 − 1/n when all encoders coincide); this is the paper's "overlap";
+    * ``mean_encoder_std``: mean of σ_i over points and dimensions.
+
+    Also returns ``density`` (``[grid, grid]`` q(z) on a grid), ``prior_density`` and ``extent``.
+    """
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    gen = torch.Generator().manual_seed(seed)
+    device = next(vae.parameters()).device
+    x = x_test.to(device)
+    loc, scale = vae.encode(x)
+    loc, scale = loc.cpu().double(), scale.cpu().double()
+    prior = vae.prior
+    prior_cpu = prior.distribution()
+    n, D = loc.shape
+    # samples of q(z): pick an encoder uniformly, then draw from it
+    idx = torch.randint(n, (num_samples,), generator=gen)
+    zq = loc[idx] + scale[idx] * torch.randn(num_samples, D, generator=gen, dtype=loc.dtype)
+    torch_state = torch.get_rng_state()
+    torch.manual_seed(seed + 1)
+    zp = prior_cpu.sample((num_samples,)).cpu().double()
+    torch.set_rng_state(torch_state)
+
+    def log_p(z):
+        return prior.log_prob(z.to(device=device, dtype=torch.get_default_dtype())).cpu().double()
+
+    kl_pq = float((log_p(zp) - _mixture_log_density(zp, loc, scale)).mean())
+    kl_qp = float((_mixture_log_density(zq, loc, scale) - log_p(zq)).mean())
+    mmd = _mmd_rbf(zq.float(), zp.float())
+
+    metrics: dict[str, Any] = {
+        "mmd_rbf": mmd,
+        "kl_prior_to_aggregate": kl_pq,
+        "kl_aggregate_to_prior": kl_qp,
+        "mean_log_prior": float(log_p(loc).mean()),
+        "mean_encoder_std": float(scale.mean()),
+    }
+    # overlap: self-responsibility of each encoder for its own draws (4 draws per point)
+    draws = 4
+    z = loc.unsqueeze(0) + scale.unsqueeze(0) * torch.randn(draws, n, D, generator=gen, dtype=loc.dtype)
+    lp = torch.distributions.Normal(loc, scale).log_prob(z.unsqueeze(2)).sum(-1)  # [draws, n(z), n(enc)]
+    self_resp = (lp.diagonal(dim1=1, dim2=2) - torch.logsumexp(lp, -1)).exp()
+    metrics["overlap"] = float(1 - self_resp.mean())
+    if hasattr(prior, "assign") and hasattr(prior, "n_components"):
+        comp = prior.assign(loc.to(device=device, dtype=torch.get_default_dtype())).cpu().numpy()
+        C = prior.n_components
+        counts = np.bincount(comp, minlength=C)
+        probs = counts / counts.sum()
+        nz = probs[probs > 0]
+        metrics["occupancy"] = counts.tolist()
+        metrics["occupancy_evenness"] = float(-(nz * np.log(nz)).sum() / math.log(C)) if C > 1 else 1.0
+        labels = y_test.cpu().numpy()
+        metrics["nmi"] = float(normalized_mutual_info_score(labels, comp))
+        metrics["ari"] = float(adjusted_rand_score(labels, comp))
+    # density grid: square, covering the prior's bulk and 98% of the encoder means
+    pz = zp.numpy()
+    lo = np.minimum(np.quantile(pz, 0.001, axis=0), np.quantile(loc.numpy(), 0.01, axis=0))
+    hi = np.maximum(np.quantile(pz, 0.999, axis=0), np.quantile(loc.numpy(), 0.99, axis=0))
+    if D == 2:
+        centre, half = (lo + hi) / 2, float((hi - lo).max() / 2 * 1.1)
+        xs = np.linspace(centre[0] - half, centre[0] + half, grid_size)
+        ys = np.linspace(centre[1] - half, centre[1] + half, grid_size)
+        gx, gy = np.meshgrid(xs, ys)
+        grid = torch.from_numpy(np.stack([gx.ravel(), gy.ravel()], 1))
+        metrics["density"] = _mixture_log_density(grid, loc, scale).exp().reshape(grid_size, grid_size).numpy()
+        metrics["prior_density"] = log_p(grid).exp().reshape(grid_size, grid_size).numpy()
+        metrics["extent"] = [float(xs[0]), float(xs[-1]), float(ys[0]), float(ys[-1])]
+    metrics["_loc"], metrics["_scale"] = loc.float(), scale.float()
+    return metrics
+
+
+def write_posterior_netcdf(
+    path: str | Path,
+    loc: torch.Tensor,
+    scale: torch.Tensor,
+    x: torch.Tensor,
+    labels: torch.Tensor | None,
+    prior,
+    *,
+    draws: int = 100,
+    seed: int = 0,
+    attrs: Mapping[str, Any] | None = None,
+) -> Path:
+    """Save an ArviZ InferenceData of encodings (SPEC §8) as netCDF.
+
+    * ``posterior.z``: draws from each test encoder, dims ``(chain, draw, obs, latent)``;
+    * ``prior.z``: independent prior draws of the same shape;
+    * ``observed_data.x``: ``(obs, obs_dim)``;
+    * ``constant_data``: ``z_loc``, ``z_scale`` ``(obs, latent)`` and ``label`` ``(obs,)``.
+    """
+    import arviz as az
+
+    gen = torch.Generator().manual_seed(seed)
+    n, D = loc.shape
+    z = loc.unsqueeze(0) + scale.unsqueeze(0) * torch.randn(draws, n, D, generator=gen)
+    state = torch.get_rng_state()
+    torch.manual_seed(seed + 1)
+    zp = prior.sample(draws * n).detach().cpu().reshape(draws, n, D)
+    torch.set_rng_state(state)
+    coords = {"obs": np.arange(n), "latent": np.arange(D), "obs_dim": np.arange(x.shape[-1])}
+    constant = {"z_loc": loc.numpy(), "z_scale": scale.numpy()}
+    constant_dims = {"z_loc": ["obs", "latent"], "z_scale": ["obs", "latent"]}
+    if labels is not None:
+        constant["label"] = labels.cpu().numpy()
+        constant_dims["label"] = ["obs"]
+    idata = az.from_dict(
+        posterior={"z": z.numpy()[None]},
+        prior={"z": zp.numpy()[None]},
+        observed_data={"x": x.cpu().numpy()},
+        constant_data=constant,
+        coords=coords,
+        dims={"z": ["obs", "latent"], "x": ["obs", "obs_dim"], **constant_dims},
+        attrs=dict(attrs or {}),
+    )
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    idata.to_netcdf(str(tmp), engine="h5netcdf")
+    tmp.replace(path)
+    return path
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return _jsonable(obj.item())
+    return obj
+
+
+def evaluate_experiment(exp: Experiment, run_dir: str | Path, *, train_seconds: float | None = None) -> dict[str, Any]:
+    """Final loss terms (train and test), the q(z)-p(z) measures, the figure and ``posterior.nc``."""
+    cfg, vae = exp.config, exp.vae
+    run_dir = Path(run_dir)
+    device = next(vae.parameters()).device
+    t0 = time.perf_counter()
+    vae.eval()
+    state = torch.get_rng_state()
+    torch.manual_seed(cfg.eval.seed)
+    with pyro.validation_enabled(False):
+        train_terms = exp.elbo.loss_terms(vae.model, vae.guide, exp.x_train.to(device))
+        test_terms = exp.elbo.loss_terms(vae.model, vae.guide, exp.x_test.to(device))
+    torch.set_rng_state(state)
+    measures = evaluate_pinwheel(
+        vae, exp.x_test, exp.y_test, num_samples=cfg.eval.num_samples, seed=cfg.eval.seed, grid_size=cfg.eval.grid_size
+    )
+    loc, scale = measures.pop("_loc"), measures.pop("_scale")
+    density = {k: measures.pop(k) for k in ("density", "prior_density", "extent") if k in measures}
+    n = exp.x_train.shape[0]
+    metrics = {
+        "id": cfg.id,
+        "size": cfg.size,
+        "alpha": cfg.model.alpha,
+        "beta": cfg.model.beta,
+        "seed": cfg.train.seed,
+        "steps": cfg.train.steps,
+        "train": train_terms,
+        "test": test_terms,
+        "train_per_point": {k: train_terms[k] / n for k in ("reconstruction", "kl") if k in train_terms},
+        "measures": measures,
+    }
+    if train_seconds is not None:
+        metrics["train_seconds"] = train_seconds
+    (run_dir / "figures").mkdir(parents=True, exist_ok=True)
+    if density:
+        # the raw grid, so sweeps can redraw panels without re-running (np.load(allow_pickle=False))
+        np.savez(run_dir / "figures" / "aggregate_posterior.npz", **{k: np.asarray(v) for k, v in density.items()})
+    if cfg.eval.figures and density:
+        from .analysis.plots import plot_aggregate_posterior, save_figure
+
+        ax = plot_aggregate_posterior(
+            density["density"],
+            density["prior_density"],
+            density["extent"],
+            title=f"{cfg.id}: α={cfg.model.alpha:g}, β={cfg.model.beta:g}",
+        )
+        save_figure(ax.figure, run_dir / "figures" / "aggregate_posterior.png")
+    write_posterior_netcdf(
+        run_dir / "posterior.nc",
+        loc,
+        scale,
+        exp.x_test,
+        exp.y_test,
+        vae.prior.cpu(),
+        draws=cfg.eval.posterior_draws,
+        seed=cfg.eval.seed,
+        attrs={"experiment": cfg.id, "alpha": cfg.model.alpha, "beta": cfg.model.beta, "seed": cfg.train.seed},
+    )
+    vae.prior.to(device)
+    metrics["eval_seconds"] = time.perf_counter() - t0
+    text = json.dumps(_jsonable(metrics), indent=2)
+    tmp = run_dir / "metrics.json.tmp"
+    tmp.write_text(text + "\n")
+    tmp.replace(run_dir / "metrics.json")
+    return {**metrics, **{k: v for k, v in density.items()}, "run_dir": str(run_dir)}

@@ -1,0 +1,470 @@
+"""The training loop: :class:`pyro.infer.SVI` steps, device placement, logs, checkpoints, NaN guard.
+
+A checkpoint is a ``torch.save`` of plain tensors and containers only, so it loads with
+``torch.load(weights_only=True)``. It holds:
+
+* ``module``: the model's ``state_dict()`` (networks, buffers, learned prior parameters);
+* ``optimizer``: :meth:`pyro.optim.PyroOptim.get_state` (one Adam state per parameter, by name);
+* ``elbo``: :meth:`pyro_decomp.DecompositionELBO.state_dict` (step counter, schedules, divergence);
+* ``rng``: the torch, numpy, Python and CUDA generator states;
+* ``step``, ``config``, ``format``.
+
+Checkpoints are written to a temporary file, read back, and then moved into place with
+:func:`os.replace`, so a crash or a full disk never leaves a half-written file where a good one was.
+On the CPU a run interrupted and resumed ends with parameters bit-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+from pyro.infer import SVI
+from pyro.optim import PyroOptim
+
+from .elbo import LOSS_TERMS
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CheckpointError",
+    "NonFiniteLossError",
+    "Trainer",
+    "get_rng_state",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "resolve_device",
+    "save_checkpoint",
+    "set_rng_state",
+]
+
+CHECKPOINT_FORMAT = 1
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated, corrupt or of the wrong format."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or infinite during training."""
+
+    def __init__(self, message: str, *, term: str, step: int) -> None:
+        super().__init__(message)
+        self.term = term
+        self.step = step
+
+
+# ---------------------------------------------------------------------------------------------- device
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; ``"cuda"`` without CUDA is an error."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if device == "cuda" or (isinstance(device, str) and device.startswith("cuda:")):
+        if not torch.cuda.is_available():
+            raise ValueError("device='cuda' was requested but CUDA is not available; use device='cpu' or 'auto'.")
+        return torch.device(device)
+    raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}.")
+
+
+# ---------------------------------------------------------------------------------------------- RNG state
+def get_rng_state() -> dict[str, Any]:
+    """All global RNG states as tensors and plain containers (``weights_only``-loadable)."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {"version": int(py_state[0]), "state": list(py_state[1]), "gauss": py_state[2]},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore the states saved by :func:`get_rng_state`."""
+    torch.set_rng_state(state["torch"].cpu())
+    npst = state["numpy"]
+    np.random.set_state(
+        ("MT19937", npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"], npst["cached_gaussian"])
+    )
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+# ---------------------------------------------------------------------------------------------- files
+def _to_cpu(obj: Any) -> Any:
+    if torch.is_tensor(obj):
+        return obj.detach().cpu()
+    if isinstance(obj, Mapping):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def _load_raw(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # truncated zip, bad pickle, disallowed global: all mean "unusable file"
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is corrupt or truncated ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+            f"Resume from an earlier checkpoint{_earlier_hint(path)}, or start the run afresh."
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{str(path)!r} is not a pyro-decomp checkpoint of format {CHECKPOINT_FORMAT}. "
+            f"Resume from an earlier checkpoint{_earlier_hint(path)}, or start the run afresh."
+        )
+    missing = {"module", "optimizer", "elbo", "rng", "step"} - set(state)
+    if missing:
+        raise CheckpointError(f"checkpoint {str(path)!r} lacks {sorted(missing)}; it is incomplete.")
+    return state
+
+
+def _earlier_hint(path: Path) -> str:
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    others = sorted((run_dir / "checkpoints").glob("step_*.pt")) if (run_dir / "checkpoints").is_dir() else []
+    others = [p for p in others if p.resolve() != path.resolve()]
+    if not others:
+        return ""
+    return f" (e.g. --resume {others[-1]})"
+
+
+def save_checkpoint(state: Mapping[str, Any], path: str | Path, *, verify: bool = True) -> Path:
+    """Atomically write ``state`` to ``path``: temporary file, fsync, read-back check, :func:`os.replace`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(_to_cpu(dict(state)), f)
+            f.flush()
+            os.fsync(f.fileno())
+        if verify:
+            _load_raw(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``torch.load(weights_only=True)``.
+
+    :param path: a checkpoint file, or a run directory (its latest checkpoint is used).
+    :raises CheckpointError: for a truncated, corrupt or foreign file; the message names the file.
+    :raises FileNotFoundError: when there is no checkpoint.
+    """
+    path = Path(path)
+    if path.is_dir():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"no checkpoint found in run directory {str(path)!r}.")
+        path = found
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist.")
+    return _load_raw(path, map_location)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """``run_dir/checkpoint.pt`` if present, else the newest ``run_dir/checkpoints/step_*.pt``."""
+    run_dir = Path(run_dir)
+    if (run_dir / CHECKPOINT_NAME).is_file():
+        return run_dir / CHECKPOINT_NAME
+    steps = sorted((run_dir / "checkpoints").glob("step_*.pt")) if (run_dir / "checkpoints").is_dir() else []
+    return steps[-1] if steps else None
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+StepCallback = Callable[["Trainer", int, dict[str, float]], None]
+
+
+class Trainer:
+    """Runs :class:`pyro.infer.SVI` for a fixed number of steps and owns nothing else (DESIGN: Trainer).
+
+    :param module: the :class:`torch.nn.Module` holding every trained parameter (e.g. a
+        :class:`~pyro_decomp.models.VAE`); it is moved to ``device`` and saved in checkpoints.
+    :param model: the Pyro model, called as ``model(batch, dataset_size=n)``.
+    :param guide: the Pyro guide, same signature.
+    :param elbo: the loss, normally a :class:`~pyro_decomp.DecompositionELBO`; its ``last_terms`` are
+        logged after each step and checked for non-finite values.
+    :param data: the training data ``[n, ...]``; moved to ``device``.
+    :param run_dir: where ``checkpoint.pt``, ``checkpoints/``, ``logs/train.jsonl`` and TensorBoard
+        events go.
+    :param steps: total number of SVI steps (a resumed run continues up to this number).
+    :param lr, adam_betas: Adam settings (:class:`pyro.optim.Adam`).
+    :param batch_size: ``None`` for full batch; otherwise minibatches from a per-epoch permutation that
+        depends only on ``seed`` and the epoch, so resuming needs no sampler state.
+    :param checkpoint_every: save every this many steps, and always at the end.
+    :param callbacks: ``fn(trainer, step, terms)`` after each step (``step`` counts completed steps).
+
+    >>> import tempfile, torch, pyro_decomp
+    >>> from pyro_decomp.models.networks import build_networks
+    >>> enc, dec = build_networks("pinwheel")
+    >>> vae = pyro_decomp.VAE(pyro_decomp.GaussianMixturePrior(), dec, pyro_decomp.GaussianLikelihood(), enc)
+    >>> trainer = Trainer(vae, vae.model, vae.guide, pyro_decomp.DecompositionELBO(), torch.randn(8, 2),
+    ...                   run_dir=tempfile.mkdtemp(), steps=3, progress=False, tensorboard=False)
+    >>> trainer.fit()["step"]
+    3
+    """
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        model: Callable,
+        guide: Callable,
+        elbo: Any,
+        data: torch.Tensor,
+        *,
+        run_dir: str | Path,
+        steps: int,
+        lr: float = 1e-3,
+        adam_betas: Sequence[float] = (0.9, 0.999),
+        batch_size: int | None = None,
+        seed: int = 0,
+        device: str | torch.device = "auto",
+        checkpoint_every: int = 100,
+        keep_checkpoints: int = 3,
+        log_every: int = 1,
+        progress: bool | None = None,
+        tensorboard: bool = True,
+        validate: bool = False,
+        config: Mapping[str, Any] | None = None,
+        callbacks: Sequence[StepCallback] = (),
+    ) -> None:
+        if not isinstance(module, torch.nn.Module):
+            raise TypeError(f"module must be a torch.nn.Module holding the parameters, got {type(module).__name__}.")
+        if not callable(model) or not callable(guide):
+            raise TypeError("model and guide must be callables (Pyro programs).")
+        if not torch.is_tensor(data) or data.dim() < 1 or data.shape[0] < 1:
+            raise ValueError("data must be a tensor with at least one row, shape [n, ...].")
+        for name, value, low in (("steps", steps, 0), ("checkpoint_every", checkpoint_every, 1),
+                                 ("keep_checkpoints", keep_checkpoints, 1), ("log_every", log_every, 1)):  # fmt: skip
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive integer or None (full batch), got {batch_size!r}.")
+        self.device = resolve_device(device)
+        self.module = module.to(self.device)
+        self.model, self.guide, self.elbo = model, guide, elbo
+        self.data = data.to(self.device)
+        self.num_data = int(self.data.shape[0])
+        self.batch_size = None if batch_size is None or batch_size >= self.num_data else int(batch_size)
+        self.run_dir = Path(run_dir)
+        self.steps = steps
+        self.seed = int(seed)
+        self.checkpoint_every = checkpoint_every
+        self.keep_checkpoints = keep_checkpoints
+        self.log_every = log_every
+        self.progress = sys.stderr.isatty() if progress is None else bool(progress)
+        self.tensorboard = bool(tensorboard)
+        self.validate = bool(validate)
+        self.config = dict(config or {})
+        self.callbacks = list(callbacks)
+        self.optim: PyroOptim = pyro.optim.Adam({"lr": float(lr), "betas": tuple(float(b) for b in adam_betas)})
+        self.svi = SVI(model, guide, self.optim, loss=elbo)
+        self.step = 0
+        self.last_terms: dict[str, float] = {}
+        self._params_checked = False
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: module, optimiser, ELBO, RNG, step, config."""
+        elbo_state = self.elbo.state_dict() if hasattr(self.elbo, "state_dict") else {}
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "step": self.step,
+            "module": self.module.state_dict(),
+            "optimizer": self.optim.get_state(),
+            "elbo": elbo_state,
+            "rng": get_rng_state(),
+            "config": self.config,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict`. Clears Pyro's param store so the module's values are used."""
+        pyro.clear_param_store()
+        try:
+            self.module.load_state_dict(state["module"])
+        except RuntimeError as e:
+            raise CheckpointError(
+                f"the checkpoint's parameters do not fit this model ({str(e).splitlines()[0]}); "
+                "was it written by a run with a different config?"
+            ) from None
+        self.module.to(self.device)
+        # torch's Optimizer.load_state_dict moves the moments to each parameter's device itself
+        self.optim.set_state(state["optimizer"])
+        if hasattr(self.elbo, "load_state_dict"):
+            self.elbo.load_state_dict(state["elbo"])
+        set_rng_state(state["rng"])
+        self.step = int(state["step"])
+
+    def save(self) -> Path:
+        """Write ``checkpoints/step_<step>.pt`` and ``checkpoint.pt`` (latest), pruning old step files."""
+        state = self.state_dict()
+        ckpt_dir = self.run_dir / "checkpoints"
+        save_checkpoint(state, ckpt_dir / f"step_{self.step:08d}.pt")
+        path = save_checkpoint(state, self.run_dir / CHECKPOINT_NAME, verify=False)
+        for old in sorted(ckpt_dir.glob("step_*.pt"))[: -self.keep_checkpoints]:
+            old.unlink()
+        return path
+
+    def resume(self, path: str | Path | None = None) -> int:
+        """Load ``path`` (a checkpoint or run dir; default: this run dir). Returns the step reached."""
+        state = load_checkpoint(self.run_dir if path is None else path, map_location="cpu")
+        self.load_state_dict(state)
+        self._truncate_log(self.step)
+        return self.step
+
+    # ------------------------------------------------------------------ logs
+    def _truncate_log(self, step: int) -> None:
+        """Drop log lines past ``step`` (written after the checkpoint a resume starts from)."""
+        path = self.run_dir / "logs" / "train.jsonl"
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a half-written last line from a killed run
+            if isinstance(rec, dict) and rec.get("step", 0) <= step:
+                kept.append(line)
+        path.write_text("".join(k + "\n" for k in kept))
+
+    def _open_writers(self, start: int):
+        log_dir = self.run_dir / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        jsonl = open(log_dir / "train.jsonl", "a")
+        tb = None
+        if self.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            tb = SummaryWriter(log_dir=str(log_dir / "tensorboard"), purge_step=start + 1 if start else None)
+        return jsonl, tb
+
+    # ------------------------------------------------------------------ loop
+    def _batch(self, step: int) -> torch.Tensor:
+        if self.batch_size is None:
+            return self.data
+        per_epoch = math.ceil(self.num_data / self.batch_size)
+        epoch, i = divmod(step, per_epoch)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        perm = torch.randperm(self.num_data, generator=g)
+        idx = perm[i * self.batch_size : (i + 1) * self.batch_size]
+        return self.data[idx.to(self.device)]
+
+    def _check_params(self) -> None:
+        """Every parameter of ``module`` must reach the optimiser; a silent gap would freeze it."""
+        store = {id(p) for _, p in pyro.get_param_store().named_parameters()}
+        missing = [n for n, p in self.module.named_parameters() if p.requires_grad and id(p) not in store]
+        if missing:
+            raise RuntimeError(
+                f"parameters {missing[:4]}{'...' if len(missing) > 4 else ''} of the module are not seen by SVI "
+                "(not registered in Pyro's param store), so they would never be trained. Make the model/guide "
+                "PyroModule methods (@pyro_method) or call pyro.module(name, net) inside them."
+            )
+        self._params_checked = True
+
+    def _check_finite(self, step: int, terms: Mapping[str, float]) -> None:
+        bad = [k for k in (*LOSS_TERMS[1:], LOSS_TERMS[0]) if k in terms and not math.isfinite(terms[k])]
+        if bad:
+            ckpt = latest_checkpoint(self.run_dir)
+            where = f"the last good checkpoint is {str(ckpt)!r}" if ckpt else "no checkpoint was written yet"
+            raise NonFiniteLossError(
+                f"training diverged: the {bad[0]} term is {terms[bad[0]]} at step {step}"
+                + (f" (also non-finite: {', '.join(bad[1:])})" if len(bad) > 1 else "")
+                + f"; {where}. Lower train.lr, or check the data and the model for NaNs.",
+                term=bad[0],
+                step=step,
+            )
+
+    def fit(self, *, resume: bool | str | Path = False) -> dict[str, Any]:
+        """Train up to ``steps``; return ``{"step", "terms", "seconds"}``.
+
+        :param resume: ``True`` to continue from this run dir's latest checkpoint, or a checkpoint path.
+        """
+        if resume:
+            self.resume(None if resume is True else resume)
+        start = self.step
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        jsonl, tb = self._open_writers(start)
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.steps, initial=start, desc="train", dynamic_ncols=True, leave=True)
+        t0 = time.perf_counter()
+        try:
+            with pyro.validation_enabled(self.validate):
+                while self.step < self.steps:
+                    batch = self._batch(self.step)
+                    loss = self.svi.step(batch, dataset_size=self.num_data)
+                    self.step += 1
+                    if not self._params_checked:
+                        self._check_params()
+                    raw = getattr(self.elbo, "last_terms", None) or {"loss": torch.tensor(loss)}
+                    terms = {k: float(v) for k, v in raw.items() if torch.is_tensor(v) and v.numel() == 1}
+                    self.last_terms = terms
+                    self._check_finite(self.step, terms)
+                    if self.step % self.log_every == 0 or self.step == self.steps:
+                        jsonl.write(json.dumps({"step": self.step, **_finite_or_none(terms)}) + "\n")
+                        if tb is not None:
+                            for k, v in terms.items():
+                                tb.add_scalar(f"train/{k}", v, self.step)
+                    if bar is not None:
+                        bar.update(1)
+                        if self.step % 10 == 0 or self.step == self.steps:
+                            bar.set_postfix({k: f"{v:.4g}" for k, v in terms.items() if "/" not in k}, refresh=False)
+                    for cb in self.callbacks:
+                        cb(self, self.step, terms)
+                    if self.step % self.checkpoint_every == 0 and self.step < self.steps:
+                        jsonl.flush()
+                        self.save()
+            if self.step > start or latest_checkpoint(self.run_dir) is None:
+                self.save()
+        except KeyboardInterrupt:
+            # a clean stop: keep the work done so far (the state after `self.step` complete steps)
+            if (
+                self.step > start
+                and self.step % self.checkpoint_every != 0
+                and math.isfinite(self.last_terms.get("loss", math.nan))
+            ):
+                self.save()
+            raise
+        finally:
+            jsonl.close()
+            if tb is not None:
+                tb.close()
+            if bar is not None:
+                bar.close()
+        return {"step": self.step, "terms": dict(self.last_terms), "seconds": time.perf_counter() - t0}
+
+
+def _finite_or_none(terms: Mapping[str, float]) -> dict[str, float | None]:
+    return {k: (v if math.isfinite(v) else None) for k, v in terms.items()}

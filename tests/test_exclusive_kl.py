@@ -104,3 +104,39 @@ def test_svi_step_end_to_end(estimator):
     assert all(math.isfinite(v) for v in losses)
     t = elbo.last_terms
     assert float(t["loss"]) == pytest.approx(float(t["reconstruction"] + t["kl"] + t["weighted_divergence"]), rel=1e-5)
+
+
+def test_run_appc_bias_smoke(tmp_path):
+    import json
+
+    from pyro_decomp.experiments_appc import run_appc_bias
+
+    # a reduced smoke size: n = 300, B in {4, 300}, 5 repeats
+    out = run_appc_bias(tmp_path, num_data=300, batch_sizes=[4, 300], num_repeats=5, num_reference_repeats=2)
+    assert (tmp_path / "figures" / "appc_bias.png").is_file()
+    saved = json.loads((tmp_path / "appc_bias.json").read_text())
+    assert set(saved["results"]) == {"exclusive_kl/mss", "exclusive_kl/mws", "tc/mss", "tc/mws"}
+    kl = out["results"]["exclusive_kl/mss"]
+    # App. C: at B << n the MSS estimate falls below the whole-dataset value; at B = n it matches it
+    assert kl["bias"][0] < -0.3 and abs(kl["bias"][1]) < 0.1
+
+
+def test_thesis_grid_presets():
+    from pyro_decomp.divergences import DIPVAE, BetaTCVAE, FactorVAE
+    from pyro_decomp.divergences.factory import divergence_from_dict, load_thesis_grids
+
+    runs = load_thesis_grids()
+    by_family = {}
+    for r in runs:
+        by_family.setdefault(r["family"], []).append(r)
+    assert [r["beta"] for r in by_family["beta_vae"]] == [1, 3, 10, 30]
+    assert [r["alpha"] for r in by_family["factor_vae"]] == [5, 10, 25, 50, 100]
+    assert [r["divergence"]["tc_weight"] for r in by_family["beta_tcvae"]] == [1, 3, 6, 10]
+    assert all(r["divergence"]["lambda_od"] == r["divergence"]["lambda_d"] for r in by_family["dip_vae"])
+    assert [r["divergence"]["lambda_d"] for r in by_family["dip_vae"]] == [1, 3, 10, 30]
+    built = load_thesis_grids(build=True)
+    assert {type(r["divergence"]) for r in built} == {type(None), FactorVAE, BetaTCVAE, DIPVAE}
+    with pytest.raises(ValueError, match="divergence type must be one of"):
+        divergence_from_dict({"type": "tcvae"})
+    with pytest.raises(ValueError, match="invalid arguments for divergence 'dip_vae'"):
+        divergence_from_dict({"type": "dip_vae", "lam": 3})

@@ -116,7 +116,7 @@ def test_discriminator_update_does_not_touch_vae_gradients():
     for name in grads_a:
         assert torch.equal(grads_a[name], grads_b[name]), name
     # the discriminator did train in run A, and its optimiser left no gradients behind
-    assert any(not torch.equal(a, b) for a, b in zip(disc_after, tc_b.discriminator.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(disc_after, tc_b.discriminator.parameters(), strict=True))
     assert all(p.grad is None for p in tc.discriminator.parameters())
 
 
@@ -131,7 +131,7 @@ def test_state_dict_round_trip_weights_only():
     fresh.load_state_dict(state["divergence"])
     old = elbo.divergence
     assert fresh.step == old.step == 3
-    for a, b in zip(fresh.discriminator.parameters(), old.discriminator.parameters()):
+    for a, b in zip(fresh.discriminator.parameters(), old.discriminator.parameters(), strict=True):
         assert torch.equal(a, b)
     assert torch.equal(fresh._previous, old._previous)
     # one more identical update from both gives identical discriminators (Adam moments were restored)
@@ -140,7 +140,7 @@ def test_state_dict_round_trip_weights_only():
     for d in (old, fresh):
         torch.manual_seed(7)
         d.update(AggregateBatch(q, z))
-    for a, b in zip(fresh.discriminator.parameters(), old.discriminator.parameters()):
+    for a, b in zip(fresh.discriminator.parameters(), old.discriminator.parameters(), strict=True):
         assert torch.equal(a, b)
 
 

@@ -8,6 +8,7 @@ from .capacity import CapacityKL, per_datapoint_kl
 from .dip import DIPVAE, dip_covariance, dip_penalty
 from .exclusive_kl import ExclusiveKL, estimator_bias
 from .factor_vae import FactorVAE, FactorVAEDiscriminator, permute_dims
+from .factory import divergence_from_dict, load_thesis_grids
 from .kl import InclusiveKL
 from .mmd import MMD, IMQKernel, PerDimensionIMQKernel, RBFKernel, mmd_u_statistic
 from .total_correlation import (
@@ -36,8 +37,10 @@ __all__ = [
     "TotalCorrelation",
     "dip_covariance",
     "dip_penalty",
+    "divergence_from_dict",
     "estimator_bias",
     "kl_decomposition",
+    "load_thesis_grids",
     "log_aggregate_posterior",
     "log_importance_weights",
     "log_marginal_posteriors",

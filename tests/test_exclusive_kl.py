@@ -129,11 +129,13 @@ def test_thesis_grid_presets():
     by_family = {}
     for r in runs:
         by_family.setdefault(r["family"], []).append(r)
-    assert [r["beta"] for r in by_family["beta_vae"]] == [1, 3, 10, 30]
-    assert [r["alpha"] for r in by_family["factor_vae"]] == [5, 10, 25, 50, 100]
-    assert [r["divergence"]["tc_weight"] for r in by_family["beta_tcvae"]] == [1, 3, 6, 10]
-    assert all(r["divergence"]["lambda_od"] == r["divergence"]["lambda_d"] for r in by_family["dip_vae"])
-    assert [r["divergence"]["lambda_d"] for r in by_family["dip_vae"]] == [1, 3, 10, 30]
+    # thesis Table 5.4
+    assert [r["beta"] for r in by_family["beta-VAE"]] == [1, 3, 10, 30]
+    assert [r["alpha"] for r in by_family["FactorVAE"]] == [5, 10, 25, 50, 100]
+    assert [r["divergence"]["tc_weight"] for r in by_family["beta-TCVAE"]] == [1, 3, 6, 10]
+    assert all(r["divergence"]["lambda_od"] == r["divergence"]["lambda_d"] for r in by_family["DIP-VAE"])
+    assert [r["divergence"]["lambda_d"] for r in by_family["DIP-VAE"]] == [1, 3, 10, 30]
+    assert all(r["overrides"]["train.batch_size"] == 64 for r in runs)
     built = load_thesis_grids(build=True)
     assert {type(r["divergence"]) for r in built} == {type(None), FactorVAE, BetaTCVAE, DIPVAE}
     with pytest.raises(ValueError, match="divergence type must be one of"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+import itertools
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -73,25 +73,41 @@ def divergence_from_dict(spec: dict[str, Any] | None) -> Divergence | None:
         raise ValueError(f"invalid arguments for divergence {kind!r}: {e}") from None
 
 
-def _set_path(entry: dict[str, Any], path: str, value: Any) -> None:
-    parts = path.split(".")
-    target = entry
-    for p in parts[:-1]:
-        if not isinstance(target.get(p), dict):
-            raise ValueError(f"grid param {path!r}: {p!r} is not a mapping in the entry.")
-        target = target[p]
-    if parts[-1] not in target:
-        raise ValueError(f"grid param {path!r} does not name an existing key of the entry.")
-    target[parts[-1]] = value
+def _model_keys_to_run(assignment: dict[str, Any], latent_dim: int) -> dict[str, Any]:
+    """Dotted ``model.*`` keys of a sweep run → ``beta``, ``alpha`` and a divergence spec."""
+    m = {k.split(".", 1)[1]: v for k, v in assignment.items() if k.startswith("model.")}
+    kind = m.get("divergence", "none")
+    if kind == "none":
+        spec: dict[str, Any] = {"type": "none"}
+    elif kind == "factor_vae":
+        spec = {"type": "factor_vae", "latent_dim": int(m.get("latent_dim", latent_dim))}
+    elif kind == "beta_tcvae":
+        spec = {
+            "type": "beta_tcvae",
+            "mi_weight": m.get("mi_weight", 1.0),
+            "tc_weight": m.get("tc_weight", 6.0),
+            "dim_kl_weight": m.get("dim_kl_weight", 1.0),
+            "estimator": m.get("tc_estimator", "mss"),
+        }
+    elif kind in ("dip_vae_i", "dip_vae_ii"):
+        lam = m.get("dip_lambda", 1.0)
+        spec = {"type": "dip_vae", "kind": kind.rsplit("_", 1)[1], "lambda_od": lam, "lambda_d": lam}
+    else:
+        spec = {"type": kind}
+    return {"beta": float(m.get("beta", 1.0)), "alpha": float(m.get("alpha", 0.0)), "divergence": spec}
 
 
-def load_thesis_grids(path: str | Path | None = None, *, build: bool = False) -> list[dict[str, Any]]:
-    """Expand ``thesis-grids.yaml`` into one dict per run: ``name``, ``family``, ``beta``, ``alpha``,
-    ``divergence`` (the spec, or the built object when ``build=True``).
+def load_thesis_grids(
+    path: str | Path | None = None, *, size: str = "paper", build: bool = False
+) -> list[dict[str, Any]]:
+    """Expand ``thesis-grids.yaml`` (sweep format: blocks of ``fixed`` and ``vary`` dotted keys) into one dict
+    per run (seeds not expanded): ``name``, ``family``, ``beta``, ``alpha``, ``divergence`` (a spec for
+    :func:`divergence_from_dict`, or the built object when ``build=True``) and ``overrides`` (the dotted keys,
+    including the size's training settings).
 
     >>> runs = load_thesis_grids()
     >>> len(runs), runs[0]["name"], runs[-1]["divergence"]["lambda_d"]
-    (17, 'beta_vae-1', 30)
+    (17, 'beta-VAE model.beta=1.0', 30.0)
     """
     if path is None:
         path = Path(str(resources.files("pyro_decomp") / "experiments" / "thesis-grids.yaml"))
@@ -101,19 +117,23 @@ def load_thesis_grids(path: str | Path | None = None, *, build: bool = False) ->
     spec = yaml.safe_load(path.read_text())
     if not isinstance(spec, dict) or not isinstance(spec.get("grid"), list):
         raise ValueError(f"{path}: expected a mapping with a 'grid' list.")
+    sizes = spec.get("sizes") or {}
+    if size not in sizes:
+        raise ValueError(f"size must be one of {sorted(sizes)}, got {size!r}.")
+    size_over = dict(sizes[size] or {})
     runs: list[dict[str, Any]] = []
-    for family in spec["grid"]:
-        unknown = set(family) - {"family", "beta", "alpha", "divergence", "param", "values"}
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {sorted(unknown)} in grid entry {family.get('family')!r}.")
-        params = family["param"] if isinstance(family["param"], list) else [family["param"]]
-        for value in family["values"]:
-            entry = {k: copy.deepcopy(family[k]) for k in ("beta", "alpha", "divergence")}
-            for p in params:
-                _set_path(entry, p, value)
-            entry = {"name": f"{family['family']}-{value}", "family": family["family"], **entry}
-            divergence_from_dict(entry["divergence"])  # validate every run up front
+    for block in spec["grid"]:
+        if not isinstance(block, dict) or set(block) - {"title", "fixed", "vary"}:
+            raise ValueError(f"{path}: each grid block must be a mapping with keys title, fixed, vary.")
+        fixed, vary = dict(block.get("fixed") or {}), dict(block.get("vary") or {})
+        keys = list(vary)
+        for values in itertools.product(*(vary[k] for k in keys)):
+            assignment = {**size_over, **fixed, **dict(zip(keys, values, strict=True))}
+            run = _model_keys_to_run(assignment, int(assignment.get("model.latent_dim", 10)))
+            label = " ".join(f"{k}={v}" for k, v in zip(keys, values, strict=True))
+            divergence_from_dict(run["divergence"])  # validate every run up front
             if build:
-                entry["divergence"] = divergence_from_dict(entry["divergence"])
-            runs.append(entry)
+                run["divergence"] = divergence_from_dict(run["divergence"])
+            runs.append({"name": f"{block.get('title', '')} {label}".strip(), "family": block.get("title", ""),
+                         **run, "overrides": assignment})  # fmt: skip
     return runs

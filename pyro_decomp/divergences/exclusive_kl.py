@@ -89,7 +89,8 @@ def _make_batch(
 ) -> AggregateBatch:
     """An AggregateBatch of the datapoints ``idx`` (``P = 1``), with a fresh sample from each encoder."""
     mu, sd = loc[idx].unsqueeze(0), scale[idx].unsqueeze(0)
-    z = mu + sd * torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
+    # draw on the CPU generator, then move: results do not depend on the device
+    z = mu + sd * torch.randn(mu.shape, generator=generator, dtype=mu.dtype).to(mu.device)
     q = dist.Normal(mu, sd, validate_args=False).to_event(1)
     log_p = prior_log_prob(z) if prior_log_prob is not None else None
     return AggregateBatch(guide_dist=q, z_q=z, prior_log_prob=prior_log_prob, log_p_zq=log_p, dataset_size=N)

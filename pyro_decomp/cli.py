@@ -47,7 +47,11 @@ def _build_parser() -> argparse.ArgumentParser:
     size_args(run)
     run.add_argument("--out", help="run directory (default: runs/<experiment id>)")
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to train (default: config, auto)")
-    run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    run.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its latest checkpoint (or a checkpoint file)",
+    )
     run.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a run")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -103,7 +107,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides["train.progress"] = False
     size = "smoke" if args.smoke else args.size
     if args.resume:
-        run_dir = Path(args.resume)
+        run_dir, resume = Path(args.resume), True
+        if run_dir.is_file():  # a specific checkpoint: RUN_DIR/checkpoint.pt or RUN_DIR/checkpoints/step_*.pt
+            resume = run_dir
+            run_dir = run_dir.parent.parent if run_dir.parent.name == "checkpoints" else run_dir.parent
+        elif not run_dir.is_dir():
+            raise FileNotFoundError(f"cannot resume: {str(run_dir)!r} does not exist.")
         if args.out and Path(args.out) != run_dir:
             raise ValueError("--resume continues RUN_DIR in place; do not also pass a different --out.")
         if size:
@@ -112,7 +121,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if args.experiment and args.experiment not in (saved.id, str(run_dir)):
             raise ValueError(f"{str(run_dir)!r} holds a run of {saved.id!r}, not {args.experiment!r}.")
         cfg = config_from_dict(apply_overrides(config_to_dict(saved), overrides))
-        metrics = run_experiment(cfg, run_dir, resume=True)
+        metrics = run_experiment(cfg, run_dir, resume=resume)
     else:
         if not args.experiment:
             raise ValueError("name an experiment (see `pyro-decomp list`) or pass --resume RUN_DIR.")

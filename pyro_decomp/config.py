@@ -332,6 +332,9 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dic
                 raise ConfigError(f"unknown config key {key!r}.{_close(str(key), _all_keys())}")
             out[parts[0]] = value
             continue
+        if len(parts) == 1:
+            options = [k for k in _all_keys() if k.startswith(f"{key}.")]
+            raise ConfigError(f"{key!r} is a config section; override one of its options: {', '.join(options)}.")
         if len(parts) != 2:
             raise ConfigError(f"unknown config key {key!r}; keys are section.option.{_close(str(key), _all_keys())}")
         section = dict(out.get(parts[0]) or {})

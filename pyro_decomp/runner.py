@@ -169,7 +169,7 @@ def run_experiment(
     cfg: ExperimentConfig | Mapping[str, Any],
     run_dir: str | Path,
     *,
-    resume: bool = False,
+    resume: bool | str | Path = False,
     overwrite: bool = False,
     progress: bool | None = None,
     callbacks=(),
@@ -179,7 +179,7 @@ def run_experiment(
 
     :param cfg: a resolved config (or its dict form, as sent to sweep workers).
     :param run_dir: the run directory; it must not hold a run unless ``resume`` or ``overwrite``.
-    :param resume: continue from ``run_dir``'s latest checkpoint (the saved config is the base).
+    :param resume: ``True`` to continue from ``run_dir``'s latest checkpoint, or a checkpoint file.
     """
     if isinstance(cfg, Mapping):
         cfg = config_from_dict(cfg)
@@ -197,18 +197,22 @@ def run_experiment(
             shutil.rmtree(run_dir / name, ignore_errors=True)
         for name in (CHECKPOINT_NAME, "metrics.json", "posterior.nc", "config.yaml"):
             (run_dir / name).unlink(missing_ok=True)
-    if resume and latest_checkpoint(run_dir) is None:
+    if resume is True and latest_checkpoint(run_dir) is None:
         raise FileNotFoundError(f"cannot resume: {str(run_dir)!r} holds no checkpoint.")
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
+    threads = torch.get_num_threads()
     if cfg.train.threads is not None:
         torch.set_num_threads(cfg.train.threads)
-    exp = build_experiment(cfg)
-    trainer = _make_trainer(exp, run_dir, progress=progress, callbacks=callbacks)
-    result = trainer.fit(resume=resume)
-    if not evaluate:
-        return {"train": result}
-    return evaluate_experiment(exp, run_dir, train_seconds=result["seconds"])
+    try:
+        exp = build_experiment(cfg)
+        trainer = _make_trainer(exp, run_dir, progress=progress, callbacks=callbacks)
+        result = trainer.fit(resume=resume)
+        if not evaluate:
+            return {"train": result}
+        return evaluate_experiment(exp, run_dir, train_seconds=result["seconds"])
+    finally:
+        torch.set_num_threads(threads)
 
 
 def evaluate_run(run_dir: str | Path, *, device: str = "cpu") -> dict[str, Any]:

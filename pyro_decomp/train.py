@@ -408,9 +408,16 @@ class Trainer:
         """Train up to ``steps``; return ``{"step", "terms", "seconds"}``.
 
         :param resume: ``True`` to continue from this run dir's latest checkpoint, or a checkpoint path.
+
+        Pyro's global param store is cleared first (training owns it), so the module's own tensors are
+        the ones optimised.
         """
         if resume:
             self.resume(None if resume is True else resume)
+        elif self.step == 0:
+            # a stale entry under the same name (an earlier model in this process) would shadow the
+            # module's parameters: pyro.module hands SVI the stored tensor instead of the module's
+            pyro.clear_param_store()
         start = self.step
         self.run_dir.mkdir(parents=True, exist_ok=True)
         jsonl, tb = self._open_writers(start)
@@ -441,11 +448,11 @@ class Trainer:
                         bar.update(1)
                         if self.step % 10 == 0 or self.step == self.steps:
                             bar.set_postfix({k: f"{v:.4g}" for k, v in terms.items() if "/" not in k}, refresh=False)
-                    for cb in self.callbacks:
-                        cb(self, self.step, terms)
                     if self.step % self.checkpoint_every == 0 and self.step < self.steps:
                         jsonl.flush()
                         self.save()
+                    for cb in self.callbacks:
+                        cb(self, self.step, terms)
             if self.step > start or latest_checkpoint(self.run_dir) is None:
                 self.save()
         except KeyboardInterrupt:

@@ -1,0 +1,104 @@
+"""Typed configs: YAML loading, dotted overrides, clear errors, sizes."""
+
+from __future__ import annotations
+
+import pytest
+
+from pyro_decomp.config import (
+    ConfigError,
+    config_from_dict,
+    config_to_dict,
+    experiment_ids,
+    load_experiment,
+    load_yaml,
+    parse_overrides,
+    save_config,
+)
+
+
+def test_shipped_experiments_load():
+    assert {"fig3-pinwheel", "fig3-pinwheel-grid"} <= set(experiment_ids())
+    paper = load_experiment("fig3-pinwheel")
+    # paper App. B: n = 400, full batch, 500 epochs, Adam 1e-3 (0.9, 0.999); mixture C=4, σ²=0.03
+    assert paper.size == "paper" and paper.train.steps == 500 and paper.train.batch_size is None
+    assert paper.train.lr == 1e-3 and paper.train.adam_betas == [0.9, 0.999]
+    assert paper.data.arms * paper.data.per_arm == 400
+    assert (paper.prior.n_components, paper.prior.variance, paper.model.divergence) == (4, 0.03, "inclusive_kl")
+    smoke = load_experiment("fig3-pinwheel", size="smoke")
+    assert smoke.size == "smoke" and smoke.train.steps < paper.train.steps
+
+
+def test_overrides_are_typed_and_applied_after_the_size():
+    over = parse_overrides(
+        ["train.steps=7", "model.beta=0.5", "model.num_prior_samples=null", "train.adam_betas=[0.5, 0.9]"]
+    )
+    assert over == {
+        "train.steps": 7,
+        "model.beta": 0.5,
+        "model.num_prior_samples": None,
+        "train.adam_betas": [0.5, 0.9],
+    }
+    cfg = load_experiment("fig3-pinwheel", size="smoke", overrides=over)
+    assert cfg.train.steps == 7 and cfg.model.beta == 0.5 and cfg.train.adam_betas == [0.5, 0.9]
+    assert isinstance(load_experiment("fig3-pinwheel", overrides={"model.alpha": 2}).model.alpha, float)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"model.bta": 1.0}, r"unknown config key 'model.bta'. Did you mean 'model.beta'"),
+        ({"trian.steps": 1}, r"unknown config key 'trian.steps'. Did you mean 'train.steps'"),
+        ({"train": 3}, r"'train' is a config section; override one of its options: train.steps"),
+        ({"train.steps": "many"}, r"train.steps: expected an integer, got 'many'"),
+        ({"train.steps": -1}, r"train.steps: must be >= 0"),
+        ({"model.beta": True}, r"model.beta: expected a number"),
+        ({"prior.means": "diagonal"}, r"prior.means: invalid value 'diagonal'; choose one of corners, axes"),
+        ({"model.divergence": "mmd"}, r"choose one of none, inclusive_kl, mmd_imq, mmd_rbf, mmd_per_dim"),
+        ({"train.device": "tpu"}, r"train.device: invalid value 'tpu'; choose one of auto, cpu, cuda"),
+        ({"model.divergence": "none"}, r"alpha > 0 needs a divergence"),
+    ],
+    ids=["typo", "section-typo", "section-scalar", "type", "range", "bool", "choice", "divergence", "device", "alpha"],
+)
+def test_invalid_overrides(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_experiment("fig3-pinwheel", overrides=overrides)
+
+
+def test_config_error_is_a_value_error():
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_bad_override_syntax_and_names():
+    with pytest.raises(ConfigError, match="not of the form key=value"):
+        parse_overrides(["train.steps"])
+    with pytest.raises(ConfigError, match="unknown experiment 'fig3-pinwhel'. Did you mean 'fig3-pinwheel'"):
+        load_experiment("fig3-pinwhel")
+    with pytest.raises(ConfigError, match="unknown size 'huge'; choose one of"):
+        load_experiment("fig3-pinwheel", size="huge")
+    with pytest.raises(ConfigError, match="is a sweep; run it with `pyro-decomp sweep"):
+        load_experiment("fig3-pinwheel-grid")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_experiment("no/such/file.yaml")
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("config: !!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_yaml(path)
+    path.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="expected a YAML mapping"):
+        load_yaml(path)
+
+
+def test_user_file_and_roundtrip(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("id: mine\nconfig:\n  model: {beta: 0.3}\nsizes: {tiny: {train.steps: 3}}\ndefault_size: tiny\n")
+    cfg = load_experiment(str(path))
+    assert (cfg.id, cfg.size, cfg.train.steps, cfg.model.beta) == ("mine", "tiny", 3, 0.3)
+    save_config(cfg, tmp_path / "config.yaml")
+    assert config_from_dict(load_yaml(tmp_path / "config.yaml")) == cfg
+    path.write_text("id: mine\nconfg: {}\n")
+    with pytest.raises(ConfigError, match="unknown top-level key 'confg'. Did you mean 'config'"):
+        load_experiment(str(path))
+    assert config_to_dict(cfg)["model"]["beta"] == 0.3

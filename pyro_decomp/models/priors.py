@@ -73,6 +73,11 @@ def gaussian_log_normaliser(variance: torch.Tensor, beta: float) -> torch.Tensor
     return per_dim.sum(-1)
 
 
+def _tensor_key(t: torch.Tensor) -> tuple:
+    """Identifies a buffer's storage and contents version (for :meth:`Prior._cached`)."""
+    return (t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape))
+
+
 class Prior(PyroModule):
     """Base class: a prior over one latent site ``site`` with ``event_shape == (latent_dim,)``."""
 
@@ -88,6 +93,21 @@ class Prior(PyroModule):
     def distribution(self) -> dist.TorchDistribution:
         """The distribution of one code: ``batch_shape == ()``, ``event_shape == (latent_dim,)``."""
         raise NotImplementedError
+
+    def _cached(self, key: tuple, build) -> dist.TorchDistribution:
+        """``build()``, reused while ``key`` (and the global validation flag) is unchanged.
+
+        Priors without learned parameters call this from :meth:`distribution`, which the model and the
+        ELBO call every step; ``key`` must identify everything the distribution depends on (use
+        :func:`_tensor_key` for buffers: it changes on ``.to()``, ``load_state_dict`` and in-place edits).
+        """
+        key = (key, torch.distributions.Distribution._validate_args)
+        cache = self.__dict__.get("_distribution_cache")
+        if cache is not None and cache[0] == key:
+            return cache[1]
+        d = build()
+        self.__dict__["_distribution_cache"] = (key, d)
+        return d
 
     def forward(self) -> torch.Tensor:
         """Sample the latent site inside the caller's plates. Returns ``z: [*plates, latent_dim]``."""
@@ -140,9 +160,13 @@ class IsotropicGaussianPrior(Prior):
             (self.latent_dim,), self.scale**2, dtype=self._anchor.dtype, device=self._anchor.device
         )
 
-    def distribution(self) -> dist.TorchDistribution:
+    def _build_distribution(self) -> dist.TorchDistribution:
         loc = torch.zeros(self.latent_dim, dtype=self._anchor.dtype, device=self._anchor.device)
         return dist.Normal(loc, self.variance().sqrt()).to_event(1)
+
+    def distribution(self) -> dist.TorchDistribution:
+        anchor = self._anchor
+        return self._cached((self.latent_dim, self.scale, anchor.dtype, anchor.device), self._build_distribution)
 
     def annealed(self, beta: float) -> dist.TorchDistribution | None:
         if beta <= 0:
@@ -358,8 +382,13 @@ class GaussianMixturePrior(Prior):
         scale = torch.full_like(self.means, math.sqrt(self.variance))
         return dist.Normal(self.means, scale).to_event(1)
 
-    def distribution(self) -> dist.TorchDistribution:
+    def _build_distribution(self) -> dist.TorchDistribution:
         return dist.MixtureSameFamily(dist.Categorical(probs=self.weights), self._components())
+
+    def distribution(self) -> dist.TorchDistribution:
+        return self._cached(
+            (_tensor_key(self.means), _tensor_key(self.weights), self.variance), self._build_distribution
+        )
 
     def component_log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """:math:`\\log \\pi_c + \\log \\mathcal N(z; \\mu_c, \\sigma^2 I)` for ``z: [..., D]``, returns ``[..., C]``."""

@@ -93,6 +93,8 @@ def run_appc_bias(
     num_repeats: int | None = None,
     num_reference_repeats: int | None = None,
     encoder_scale: float | None = None,
+    loc: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
     figure: bool = True,
 ) -> dict[str, Any]:
     """Run the ``appC-bias`` experiment and write ``out_dir/appc_bias.json`` (+ ``figures/appc_bias.png``).
@@ -103,6 +105,9 @@ def run_appc_bias(
 
     :param out_dir: run directory (created).
     :param size: ``"smoke"`` or ``"paper"`` (see :data:`APPC_SIZES`); the other arguments override it.
+    :param loc: optional encoder means ``[n, D]`` of your own trained encoder on your dataset (with
+        ``scale``); replaces the fixed synthetic encoder (:func:`fixed_linear_gaussian_encoder`).
+    :param scale: encoder standard deviations ``[n, D]``, with ``loc``.
     :returns: the JSON content as a dict.
     """
     if size not in APPC_SIZES:
@@ -118,14 +123,22 @@ def run_appc_bias(
     ):
         if v is not None:
             cfg[k] = v
+    if (loc is None) != (scale is None):
+        raise ValueError("pass both loc and scale (a trained encoder's outputs on the dataset) or neither.")
+    if loc is not None:
+        if not torch.is_tensor(loc) or loc.dim() != 2 or not torch.is_tensor(scale) or scale.shape != loc.shape:
+            raise ValueError("loc and scale must be tensors of the same shape [n, D].")
+        cfg["num_data"], cfg["latent_dim"], cfg["encoder_scale"] = loc.shape[0], loc.shape[1], None
     n = cfg["num_data"]
     cfg["batch_sizes"] = sorted({min(int(b), n) for b in cfg["batch_sizes"]})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
 
-    enc = fixed_linear_gaussian_encoder(n, cfg["latent_dim"], encoder_scale=cfg["encoder_scale"], seed=seed)
-    loc, scale = enc["loc"], enc["scale"]
+    if loc is None:
+        enc = fixed_linear_gaussian_encoder(n, cfg["latent_dim"], encoder_scale=cfg["encoder_scale"], seed=seed)
+        loc, scale = enc["loc"], enc["scale"]
+    loc, scale = loc.detach(), scale.detach()
     D = loc.shape[1]
     normal = torch.distributions.Independent(
         torch.distributions.Normal(torch.zeros(D, dtype=loc.dtype), torch.ones(D, dtype=loc.dtype)), 1

@@ -63,9 +63,9 @@ class Schedule:
     _fields: tuple[str, ...] = ()
 
     def __call__(self, step: int) -> float:
-        return self.value(_check_step(step))
+        return self._at(_check_step(step))
 
-    def value(self, step: int) -> float:
+    def _at(self, step: int) -> float:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
@@ -99,25 +99,16 @@ class Constant(Schedule):
     """The same value at every step."""
 
     type_name = "constant"
-    _fields = ("value_",)
+    _fields = ("value",)
 
-    def __init__(self, value_: float = 1.0, *, value: float | None = None) -> None:
-        # ``value`` is accepted as a keyword for readable configs: Constant(value=3.0)
-        self.value_ = _number("value", value_ if value is None else value)
+    def __init__(self, value: float = 1.0) -> None:
+        self.value = _number("value", value)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"type": self.type_name, "value": self.value_}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if not isinstance(state, dict) or state.get("type", self.type_name) != self.type_name:
-            raise ValueError(f"cannot load {state!r} into a constant schedule.")
-        self.value_ = _number("value", state["value"])
-
-    def value(self, step: int) -> float:
-        return self.value_
+    def _at(self, step: int) -> float:
+        return self.value
 
     def __repr__(self) -> str:
-        return f"Constant({self.value_!r})"
+        return f"Constant({self.value!r})"
 
 
 class LinearWarmup(Schedule):
@@ -144,7 +135,7 @@ class LinearWarmup(Schedule):
         self.steps = _integer("steps", steps, minimum=0)
         self.delay = _integer("delay", delay, minimum=0)
 
-    def value(self, step: int) -> float:
+    def _at(self, step: int) -> float:
         t = step - self.delay
         if t <= 0:
             return self.start if self.steps > 0 or t < 0 else self.end
@@ -188,7 +179,7 @@ class Cyclical(Schedule):
             raise ValueError(f"ramp_fraction must be in (0, 1], got {ramp_fraction!r}.")
         self.num_cycles = None if num_cycles is None else _integer("num_cycles", num_cycles, minimum=1)
 
-    def value(self, step: int) -> float:
+    def _at(self, step: int) -> float:
         if self.num_cycles is not None and step >= self.num_cycles * self.period:
             return self.high
         ramp = self.ramp_fraction * self.period
@@ -218,7 +209,7 @@ def schedule_from_dict(spec: dict[str, Any] | float | int) -> Schedule:
     for k, v in list(kwargs.items()):
         if k in ("steps", "delay", "period", "num_cycles") and isinstance(v, float) and v.is_integer():
             kwargs[k] = int(v)
-    allowed = {"value"} if cls is Constant else set(cls._fields)
+    allowed = set(cls._fields)
     unknown = set(kwargs) - allowed
     if unknown:
         raise ValueError(f"unknown keys {sorted(unknown)} for a {kind!r} schedule; valid keys: {sorted(allowed)}.")

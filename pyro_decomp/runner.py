@@ -157,7 +157,8 @@ def _make_trainer(exp: Experiment, run_dir: Path, *, progress: bool | None, call
         checkpoint_every=t.checkpoint_every,
         keep_checkpoints=t.keep_checkpoints,
         log_every=t.log_every,
-        progress=(t.progress and progress is not False) if progress is not None else (t.progress or None),
+        # train.progress=true means "when stderr is a terminal"; an explicit progress=False wins
+        progress=None if (t.progress and progress is not False) else False,
         tensorboard=t.tensorboard,
         validate=t.validate,
         config=config_to_dict(exp.config),
@@ -405,6 +406,17 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+def _prior_attrs(prior) -> dict[str, Any]:
+    """netCDF attributes that describe the prior, so readers can evaluate p(z) themselves."""
+    attrs: dict[str, Any] = {"prior": type(prior).__name__}
+    if hasattr(prior, "means") and torch.is_tensor(prior.means):
+        attrs["prior_means"] = prior.means.detach().cpu().flatten().tolist()
+        attrs["prior_means_shape"] = list(prior.means.shape)
+        attrs["prior_weights"] = prior.weights.detach().cpu().tolist()
+        attrs["prior_component_variance"] = float(prior.variance)
+    return attrs
+
+
 def evaluate_experiment(exp: Experiment, run_dir: str | Path, *, train_seconds: float | None = None) -> dict[str, Any]:
     """Final loss terms (train and test), the q(z)-p(z) measures, the figure and ``posterior.nc``."""
     cfg, vae = exp.config, exp.vae
@@ -461,7 +473,8 @@ def evaluate_experiment(exp: Experiment, run_dir: str | Path, *, train_seconds: 
         vae.prior.cpu(),
         draws=cfg.eval.posterior_draws,
         seed=cfg.eval.seed,
-        attrs={"experiment": cfg.id, "alpha": cfg.model.alpha, "beta": cfg.model.beta, "seed": cfg.train.seed},
+        attrs=_prior_attrs(vae.prior)
+        | {"experiment": cfg.id, "alpha": cfg.model.alpha, "beta": cfg.model.beta, "seed": cfg.train.seed},
     )
     vae.prior.to(device)
     metrics["eval_seconds"] = time.perf_counter() - t0

@@ -32,12 +32,14 @@ def plot_aggregate_posterior(
     title: str | None = None,
     levels: int = 3,
     cmap: str = "viridis",
+    gamma: float = 0.5,
 ):
     """Density of q(z) as an image, with the prior's density as contour lines.
 
     :param density: ``[grid_y, grid_x]`` values of q(z) on a regular grid (row 0 at ``extent[2]``).
     :param prior_density: same grid for p(z), or ``None``.
     :param extent: ``[x_min, x_max, y_min, y_max]``.
+    :param gamma: exponent of the colour scale (1 = linear).
 
     >>> import numpy as np
     >>> ax = plot_aggregate_posterior(np.ones((8, 8)), np.ones((8, 8)), [0, 1, 0, 1])
@@ -52,7 +54,13 @@ def plot_aggregate_posterior(
     plt = _pyplot()
     if ax is None:
         _, ax = plt.subplots(figsize=(4, 4))
-    ax.imshow(density, origin="lower", extent=tuple(extent), cmap=cmap, aspect="equal", interpolation="bilinear")
+    from matplotlib.colors import PowerNorm
+
+    # a square-root colour scale: tight encoders (small β) make tall narrow peaks that a linear scale hides
+    norm = PowerNorm(gamma=gamma, vmin=0.0, vmax=max(float(density.max()), 1e-300))
+    ax.imshow(
+        density, origin="lower", extent=tuple(extent), cmap=cmap, norm=norm, aspect="equal", interpolation="bilinear"
+    )
     if prior_density is not None:
         prior_density = np.asarray(prior_density, dtype=float)
         xs = np.linspace(extent[0], extent[1], prior_density.shape[1])

@@ -83,6 +83,9 @@ class SweepSpec:
     runs: list[SweepRun] = field(default_factory=list)
 
 
+_SYMBOLS = {"model.alpha": "α", "model.beta": "β"}
+
+
 def _fmt(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
@@ -140,7 +143,7 @@ def load_sweep(name: str | Path, *, size: str | None = None, overrides: Mapping[
                 if run_name in names:
                     raise ConfigError(f"{path}: two grid points give the same run {run_name!r}.")
                 names.add(run_name)
-                title = ", ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in assignment.items())
+                title = ", ".join(f"{_SYMBOLS.get(k, k.split('.')[-1])}={_fmt(v)}" for k, v in assignment.items())
                 out.runs.append(SweepRun(run_name, r, c, title, seed, cfg))
     return out
 

@@ -273,11 +273,12 @@ class DecompositionELBO(ELBO):
                 )
 
         terms: dict[str, torch.Tensor] = {}
-        terms["reconstruction"] = -log_lik / P
-        terms["kl"] = kl / P
+        # P == 1 and β == 1 skip a no-op division/multiplication (one fewer autograd node each)
+        terms["reconstruction"] = -log_lik / P if P > 1 else -log_lik
+        terms["kl"] = kl / P if P > 1 else kl
         loss = terms["reconstruction"]
         if self.objective == "beta":
-            loss = loss + beta * terms["kl"]
+            loss = loss + (terms["kl"] if beta == 1 else beta * terms["kl"])
         else:
             # Eq. 5: L + (β-1)/2 log|S| = L + (β-1)(H - D/2 (1 + log 2π)) for Gaussian guides
             terms["entropy_regulariser"] = (entropy - entropy_const) / P

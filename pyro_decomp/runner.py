@@ -187,7 +187,8 @@ def run_experiment(
     run_dir = Path(run_dir)
     if overwrite and resume:
         raise ValueError("pass either resume or overwrite, not both.")
-    has_run = (run_dir / "config.yaml").is_file() or latest_checkpoint(run_dir) is not None
+    resolve_device(cfg.train.device)  # fail before touching the run directory
+    has_run = latest_checkpoint(run_dir) is not None
     if has_run and not resume:
         if not overwrite:
             raise FileExistsError(

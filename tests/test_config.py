@@ -41,6 +41,8 @@ def test_overrides_are_typed_and_applied_after_the_size():
     cfg = load_experiment("fig3-pinwheel", size="smoke", overrides=over)
     assert cfg.train.steps == 7 and cfg.model.beta == 0.5 and cfg.train.adam_betas == [0.5, 0.9]
     assert isinstance(load_experiment("fig3-pinwheel", overrides={"model.alpha": 2}).model.alpha, float)
+    # YAML 1.1 reads "1e-4" as a string; numbers without a dot are still numbers here
+    assert load_experiment("fig3-pinwheel", overrides=parse_overrides(["train.lr=1e-4"])).train.lr == 1e-4
 
 
 @pytest.mark.parametrize(

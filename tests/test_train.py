@@ -167,3 +167,14 @@ def test_minibatches_resume_exactly(tmp_path):
     resumed.fit(resume=True)
     for (k, a), b in zip(exp_a.vae.state_dict().items(), exp_b.vae.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
+
+
+@pytest.mark.cuda
+def test_cuda_placement_and_cpu_checkpoint(tmp_path):
+    exp, trainer = _trainer(tmp_path, 3, **{"train.device": "cuda"})
+    trainer.fit()
+    assert all(p.is_cuda for p in exp.vae.parameters()) and trainer.data.is_cuda
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)  # saved on the CPU
+    assert all(not v.is_cuda for v in state["module"].values())
+    _, resumed = _trainer(tmp_path, 5, **{"train.device": "cuda"})
+    assert resumed.fit(resume=True)["step"] == 5

@@ -5,7 +5,9 @@ The objective is paper Eq. 7,
 available as :class:`DecompositionELBO`, a drop-in loss for :class:`pyro.infer.SVI`.
 """
 
-from . import divergences, guides, models
+import importlib
+
+from . import divergences, guides, models, schedules
 from .elbo import DecompositionELBO
 from .guides import AmortizedGaussianGuide
 from .models import (
@@ -22,6 +24,15 @@ from .models import (
 
 __version__ = "0.1.0"
 
+# heavier subpackages (scikit-learn, ArviZ, torchvision) load on first use
+_LAZY = ("analysis", "data", "metrics")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'pyro_decomp' has no attribute {name!r}")
+
 __all__ = [
     "VAE",
     "AmortizedGaussianGuide",
@@ -35,7 +46,11 @@ __all__ = [
     "SparseMixturePrior",
     "StudentTPrior",
     "__version__",
+    "analysis",
+    "data",
     "divergences",
     "guides",
+    "metrics",
     "models",
+    "schedules",
 ]

@@ -188,8 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteLossError as e:
         print(f"pyro-decomp: error: {e}", file=sys.stderr)
         return EXIT_FAILED
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
-        msg = str(e) if not isinstance(e, FileNotFoundError) or not e.filename else f"{e.strerror}: {e.filename}"
+    except (ValueError, TypeError, OSError) as e:  # OSError: missing/existing files, permissions, full disk
+        msg = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.strerror}: {e.filename}"
         print(f"pyro-decomp: error: {msg}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -210,10 +210,14 @@ def _run_ray(jobs: list[tuple[dict, str]], workers: int, address: str | None, lo
         ) from None
     started = False
     if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        try:
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        except Exception as e:  # Ray raises ConnectionError, RuntimeError, ... for an unreachable cluster
+            where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
+            raise ValueError(f"could not start or reach {where}: {type(e).__name__}: {e}") from None
         started = True
     try:
         remote = ray.remote(num_cpus=1)(_sweep_worker)

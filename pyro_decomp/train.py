@@ -427,12 +427,15 @@ class Trainer:
 
             bar = tqdm(total=self.steps, initial=start, desc="train", dynamic_ncols=True, leave=True)
         t0 = time.perf_counter()
+        in_step = False
         try:
             with pyro.validation_enabled(self.validate):
                 while self.step < self.steps:
                     batch = self._batch(self.step)
+                    in_step = True
                     loss = self.svi.step(batch, dataset_size=self.num_data)
                     self.step += 1
+                    in_step = False
                     if not self._params_checked:
                         self._check_params()
                     raw = getattr(self.elbo, "last_terms", None) or {"loss": torch.tensor(loss)}
@@ -456,9 +459,11 @@ class Trainer:
             if self.step > start or latest_checkpoint(self.run_dir) is None:
                 self.save()
         except KeyboardInterrupt:
-            # a clean stop: keep the work done so far (the state after `self.step` complete steps)
+            # a clean stop: keep the work done so far (the state after `self.step` complete steps);
+            # not when the interrupt landed inside svi.step, where parameters may be half-updated
             if (
-                self.step > start
+                not in_step
+                and self.step > start
                 and self.step % self.checkpoint_every != 0
                 and math.isfinite(self.last_terms.get("loss", math.nan))
             ):

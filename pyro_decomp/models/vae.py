@@ -5,6 +5,7 @@ from __future__ import annotations
 import pyro
 import torch
 from pyro.nn import PyroModule, pyro_method
+from pyro.params.param_store import param_with_module_name
 
 from ..guides import AmortizedGaussianGuide, data_plate
 from .likelihoods import Likelihood
@@ -37,8 +38,9 @@ class VAE(PyroModule):
         encoder: torch.nn.Module,
         *,
         check_data: bool = True,
+        name: str = "",
     ) -> None:
-        super().__init__()
+        super().__init__(name=name)
         if not callable(prior):
             raise TypeError(f"prior must be a Pyro program (a callable), got {type(prior).__name__}.")
         if not isinstance(likelihood, Likelihood):
@@ -67,9 +69,30 @@ class VAE(PyroModule):
             self.likelihood.check_data(x)
             self._checked = key
 
+    def _check_param_store(self) -> None:
+        """Refuse to train when Pyro's global param store holds another model's tensors under our names.
+
+        ``pyro.module`` would then hand SVI the stored tensors, and this model's own parameters would
+        silently never be updated."""
+        store = pyro.get_param_store()
+        for attr, module in (("decoder", self._modules["decoder"]), ("guide_module.encoder", self.encoder)):
+            first = next(module.named_parameters(), None)
+            if first is None:
+                continue
+            prefix = f"{self._pyro_name}.{attr}" if self._pyro_name else attr
+            stored = store._params.get(param_with_module_name(prefix, first[0]))
+            if stored is not None and stored is not first[1]:
+                raise ValueError(
+                    f"Pyro's global param store already holds parameters named {prefix!r} that belong to "
+                    "another model, so SVI would silently leave this model untrained. Call "
+                    "pyro.clear_param_store() before training a new model, or give each VAE a distinct "
+                    "name, e.g. VAE(..., name='vae2')."
+                )
+
     @pyro_method  # activates the module context, so self.decoder registers its parameters with SVI
     def model(self, x: torch.Tensor, *, dataset_size: int | None = None) -> torch.Tensor:
         """:math:`z \\sim p(z)`, :math:`x \\sim p_\\theta(x \\mid z)` for ``x: [batch, *obs_shape]``."""
+        self._check_param_store()
         self._maybe_check(x)
         with data_plate(x, dataset_size):
             z = self.prior()

@@ -1,0 +1,318 @@
+"""Time per SVI step: ``pyro.infer.SVI`` with :class:`~pyro_decomp.DecompositionELBO` vs plain PyTorch.
+
+Both sides train the same networks (the baseline holds a copy of the weights) on the same batch, in
+one process, interleaved: each repeat runs every variant for ``--steps`` steps in turn, and a table
+reports the minimum over ``--repeats`` repeats (after ``--warmup`` untimed steps) of the time per step.
+
+Workloads (issue 2, item 7):
+
+* ``pinwheel``: MLP networks (``build_networks("pinwheel")``), n = 400 full batch,
+  ``GaussianMixturePrior`` (4 components), ``GaussianLikelihood(scale=None)``, ``InclusiveKL`` with
+  M = 400 prior samples, β = 1, α = 3. The baseline is a hand-written loss with the same terms:
+  reparameterised sample, Gaussian log-likelihood, Monte Carlo KL ``log q(z|x) - log p_mix(z)``,
+  and the inclusive KL (logsumexp over the batch's encoders), plus one ``torch.optim.Adam``.
+  Before timing, the script checks that both losses agree at the same weights and RNG state.
+* ``shapes``: 2D-shapes conv networks (``build_networks("shapes")``), batch 64 of random binary
+  64×64 images, ``IsotropicGaussianPrior(10)``, ``BernoulliLikelihood(event_dim=3)``, β-VAE β = 4
+  (analytic KL).
+
+Reference rows (``--reference``, on by default) time Pyro's stock ``Trace_ELBO`` and
+``TraceMeanField_ELBO`` and ``DecompositionELBO`` on the same model with no divergence, against the
+baseline without the divergence term (stock ELBOs cannot add it). ``ratio = ours / baseline``.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/step_overhead.py                      # 1 thread and all cores
+    .venv/bin/python benchmarks/step_overhead.py --repeats 9 --steps 50 --threads 1
+    .venv/bin/python benchmarks/step_overhead.py --workloads pinwheel --validation both
+    .venv/bin/python benchmarks/step_overhead.py --device cuda         # synchronises before each clock read
+    .venv/bin/python benchmarks/step_overhead.py --threads 1 --clock cpu  # steadier on a busy machine
+
+On Linux with glibc, the pinwheel step's ``[M, B, D]`` temporaries (1.3 MB each) are returned to the
+OS and faulted back in every step: on the development machine that was 2-4 ms of system time per
+step, on both sides. To time without it, raise glibc's thresholds::
+
+    MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=2147483647 MALLOC_TOP_PAD_=268435456 \\
+        .venv/bin/python benchmarks/step_overhead.py
+
+``--validation`` chooses Pyro's validation setting (``on`` is Pyro's default); ``--foreach`` passes
+``foreach=True`` to ``pyro.optim.Adam``. The machine may be shared: only ratios measured in one
+process, interleaved, as minima over several repeats mean anything. Targets: pinwheel ≤ 1.3,
+shapes ≤ 1.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import time
+from collections.abc import Callable
+
+import pyro
+import torch
+import torch.nn.functional as F
+
+from pyro_decomp import DecompositionELBO
+from pyro_decomp.divergences import InclusiveKL
+from pyro_decomp.models.likelihoods import BernoulliLikelihood, GaussianLikelihood
+from pyro_decomp.models.networks import build_networks
+from pyro_decomp.models.priors import GaussianMixturePrior, IsotropicGaussianPrior
+from pyro_decomp.models.vae import VAE
+
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+# ------------------------------------------------------------------------------------------ baselines
+def _normal_log_prob(x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return -((x - loc) ** 2) / (2 * scale**2) - scale.log() - _LOG_SQRT_2PI
+
+
+class PinwheelBaseline:
+    """Hand-written pinwheel loss: -log p(x|z) + β [log q(z|x) - log p(z)] + α n KL(p || q_batch)."""
+
+    def __init__(self, encoder, decoder, prior: GaussianMixturePrior, beta, alpha, num_prior_samples):
+        self.encoder, self.decoder = encoder, decoder
+        self.means = prior.means.clone()
+        self.sigma = math.sqrt(prior.variance)
+        self.weights = prior.weights.clone()
+        self.log_weights = self.weights.log()
+        self.beta, self.alpha, self.M = beta, alpha, num_prior_samples
+
+    def parameters(self):
+        return [*self.encoder.parameters(), *self.decoder.parameters()]
+
+    def _mixture_log_prob(self, z: torch.Tensor) -> torch.Tensor:  # z [..., D] -> [...]
+        comp = _normal_log_prob(z.unsqueeze(-2), self.means, torch.tensor(self.sigma)).sum(-1)
+        return torch.logsumexp(comp + self.log_weights, -1)
+
+    def _prior_sample(self, M: int) -> torch.Tensor:
+        # same draws, in the same order, as torch's MixtureSameFamily.sample
+        with torch.no_grad():
+            idx = torch.multinomial(self.weights.unsqueeze(0), M, True).T  # [M, 1]
+            comp = torch.normal(self.means.expand(M, *self.means.shape), self.sigma)  # [M, C, D]
+            return torch.gather(comp, 1, idx.unsqueeze(-1).expand(M, 1, comp.shape[-1])).squeeze(1)
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        loc, scale = self.encoder(x)
+        z = loc + scale * torch.empty_like(loc).normal_()
+        params = self.decoder(z)
+        mu, s = params[..., 0, :], F.softplus(params[..., 1, :]) + 1e-4
+        log_lik = _normal_log_prob(x, mu, s).sum()
+        kl = (_normal_log_prob(z, loc, scale).sum(-1) - self._mixture_log_prob(z)).sum()
+        loss = -log_lik + self.beta * kl
+        if self.alpha:
+            zp = self._prior_sample(self.M)  # [M, D]
+            log_q = _normal_log_prob(zp.unsqueeze(-2), loc, scale).sum(-1)  # [M, B]
+            log_q = torch.logsumexp(log_q, -1) - math.log(x.shape[0])
+            d = (self._mixture_log_prob(zp) - log_q).mean()
+            loss = loss + self.alpha * x.shape[0] * d
+        return loss
+
+
+class ShapesBaseline:
+    """Hand-written β-VAE loss: Bernoulli reconstruction + β analytic KL to N(0, I)."""
+
+    def __init__(self, encoder, decoder, beta):
+        self.encoder, self.decoder, self.beta = encoder, decoder, beta
+
+    def parameters(self):
+        return [*self.encoder.parameters(), *self.decoder.parameters()]
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        loc, scale = self.encoder(x)
+        z = loc + scale * torch.empty_like(loc).normal_()
+        rec = F.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="sum")
+        kl = 0.5 * (scale**2 + loc**2 - 1.0).sum() - scale.log().sum()
+        return rec + self.beta * kl
+
+
+def _torch_stepper(baseline) -> Callable[[torch.Tensor], float]:
+    optim = torch.optim.Adam(baseline.parameters(), lr=1e-3)
+
+    def step(x):
+        optim.zero_grad(set_to_none=True)
+        loss = baseline.loss(x)
+        loss.backward()
+        optim.step()
+        return loss.item()  # SVI.step returns a float too
+
+    return step
+
+
+def _svi_stepper(vae, loss, foreach: bool) -> Callable[[torch.Tensor], float]:
+    opts = {"lr": 1e-3}
+    if foreach:
+        opts["foreach"] = True
+    svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam(opts), loss=loss)
+    return svi.step
+
+
+# ------------------------------------------------------------------------------------------ workloads
+def _copy_nets(encoder, decoder, device):
+    return copy.deepcopy(encoder).to(device), copy.deepcopy(decoder).to(device)
+
+
+def pinwheel(args, device):
+    torch.manual_seed(0)
+    encoder, decoder = build_networks("pinwheel")
+    prior = GaussianMixturePrior(2, n_components=4)
+    base_nets = _copy_nets(encoder, decoder, device)
+    ref_nets = _copy_nets(encoder, decoder, device)
+    vae = VAE(prior, decoder, GaussianLikelihood(scale=None), encoder).to(device)
+    x = torch.randn(400, 2, device=device)
+    beta, alpha, M = 1.0, 3.0, 400
+    elbo = DecompositionELBO(beta=beta, alpha=alpha, divergence=InclusiveKL(num_prior_samples=M))
+    baseline = PinwheelBaseline(*base_nets, vae.prior, beta, alpha, M)
+
+    # the two losses agree at the same weights and RNG (a first call guesses max_plate_nesting)
+    elbo.loss(vae.model, vae.guide, x)
+    pyro.set_rng_seed(123)
+    ours = elbo.differentiable_loss(vae.model, vae.guide, x).item()
+    pyro.set_rng_seed(123)
+    theirs = baseline.loss(x).item()
+    print(
+        f"pinwheel loss check: DecompositionELBO {ours:.6f}  hand-written {theirs:.6f}  "
+        f"rel.diff {abs(ours - theirs) / abs(theirs):.1e}"
+    )
+    if not math.isclose(ours, theirs, rel_tol=1e-4):
+        raise SystemExit("pinwheel: the hand-written baseline and DecompositionELBO disagree")
+
+    variants = {
+        "pinwheel (α=3, InclusiveKL)": (_torch_stepper(baseline), _svi_stepper(vae, elbo, args.foreach)),
+    }
+    if args.reference:
+        plain = _torch_stepper(PinwheelBaseline(*ref_nets, vae.prior, beta, 0.0, M))
+        for name, loss in [
+            ("ref: DecompositionELBO α=0", DecompositionELBO(beta=beta)),
+            ("ref: Trace_ELBO", pyro.infer.Trace_ELBO()),
+            ("ref: TraceMeanField_ELBO", pyro.infer.TraceMeanField_ELBO()),
+        ]:
+            variants["pinwheel " + name] = (plain, _svi_stepper(vae, loss, args.foreach))
+    return x, variants
+
+
+def shapes(args, device):
+    torch.manual_seed(0)
+    encoder, decoder = build_networks("shapes")
+    base_nets = _copy_nets(encoder, decoder, device)
+    vae = VAE(IsotropicGaussianPrior(10), decoder, BernoulliLikelihood(event_dim=3), encoder).to(device)
+    x = (torch.rand(64, 1, 64, 64, device=device) < 0.5).float()
+    beta = 4.0
+    elbo = DecompositionELBO(beta=beta)
+    baseline = ShapesBaseline(*base_nets, beta)
+    elbo.loss(vae.model, vae.guide, x)
+    pyro.set_rng_seed(123)
+    ours = elbo.differentiable_loss(vae.model, vae.guide, x).item()
+    pyro.set_rng_seed(123)
+    theirs = baseline.loss(x).item()
+    print(
+        f"shapes loss check: DecompositionELBO {ours:.4f}  hand-written {theirs:.4f}  "
+        f"rel.diff {abs(ours - theirs) / abs(theirs):.1e}"
+    )
+    if not math.isclose(ours, theirs, rel_tol=1e-4):
+        raise SystemExit("shapes: the hand-written baseline and DecompositionELBO disagree")
+    variants = {"shapes (β-VAE β=4)": (_torch_stepper(baseline), _svi_stepper(vae, elbo, args.foreach))}
+    if args.reference:
+        ref_base = _torch_stepper(ShapesBaseline(*_copy_nets(encoder, decoder, device), 1.0))
+        variants["shapes ref: TraceMeanField_ELBO (β=1)"] = (
+            ref_base,
+            _svi_stepper(vae, pyro.infer.TraceMeanField_ELBO(), args.foreach),
+        )
+    return x, variants
+
+
+WORKLOADS = {"pinwheel": pinwheel, "shapes": shapes}
+
+
+# ------------------------------------------------------------------------------------------ timing
+def _time(step, x, n: int, sync: Callable[[], None], clock: Callable[[], float] = time.perf_counter) -> float:
+    sync()
+    t0 = clock()
+    for _ in range(n):
+        step(x)
+    sync()
+    return (clock() - t0) / n
+
+
+def run(args) -> list[tuple]:
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    rows = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for validation in args.validation:
+            pyro.enable_validation(validation)
+            for wname in args.workloads:
+                pyro.clear_param_store()  # workloads reuse parameter names
+                x, variants = WORKLOADS[wname](args, device)
+                # one timer per distinct callable (reference rows may share a baseline)
+                steppers = {}
+                for base, ours in variants.values():
+                    steppers.setdefault(id(base), base)
+                    steppers.setdefault(id(ours), ours)
+                steps = args.conv_steps if wname == "shapes" else args.steps
+                for step in steppers.values():
+                    _time(step, x, args.warmup if wname != "shapes" else max(2, args.warmup // 5), sync)
+                best = {k: math.inf for k in steppers}
+                keys = list(steppers)
+                for r in range(args.repeats):
+                    order = keys[r % len(keys) :] + keys[: r % len(keys)]  # rotate who goes first
+                    for k in order:
+                        best[k] = min(best[k], _time(steppers[k], x, steps, sync, clock))
+                for label, (base, ours) in variants.items():
+                    b, o = best[id(base)] * 1e3, best[id(ours)] * 1e3
+                    rows.append((label, threads, "on" if validation else "off", b, o, o / b))
+    return rows
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--repeats", type=int, default=7, help="timed repeats per variant (min is reported)")
+    p.add_argument("--steps", type=int, default=20, help="SVI steps per timed repeat (pinwheel)")
+    p.add_argument("--conv-steps", type=int, default=3, help="SVI steps per timed repeat (shapes)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed steps per variant first")
+    p.add_argument(
+        "--threads", type=int, nargs="+", default=None, help="torch thread counts (default: 1 and all cores)"
+    )
+    p.add_argument("--workloads", nargs="+", choices=sorted(WORKLOADS), default=["pinwheel", "shapes"])
+    p.add_argument(
+        "--validation",
+        choices=["on", "off", "both"],
+        default="on",
+        help="pyro.enable_validation (Pyro's default is on)",
+    )
+    p.add_argument("--foreach", action="store_true", help="pyro.optim.Adam({..., 'foreach': True})")
+    p.add_argument(
+        "--no-reference",
+        dest="reference",
+        action="store_false",
+        help="skip the stock Trace_ELBO / TraceMeanField_ELBO reference rows",
+    )
+    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall: perf_counter; cpu: process CPU time (steadier on a loaded machine, "
+        "but with several threads it sums their CPU time)",
+    )
+    args = p.parse_args(argv)
+    if args.threads is None:
+        args.threads = sorted({1, os.cpu_count() or 1})
+    args.validation = {"on": [True], "off": [False], "both": [True, False]}[args.validation]
+    rows = run(args)
+    w = max(len(r[0]) for r in rows)
+    print(
+        f"\nms per step, min of {args.repeats} interleaved repeats ({args.clock} clock, "
+        f"torch {torch.__version__}, pyro {pyro.__version__})"
+    )
+    print(f"{'workload':<{w}}  threads  valid.  baseline ms  ours ms  ratio")
+    for label, threads, val, b, o, ratio in rows:
+        print(f"{label:<{w}}  {threads:>7}  {val:>6}  {b:>11.3f}  {o:>7.3f}  {ratio:>5.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -33,7 +33,7 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="pyro-decomp",
         description="Decomposed VAE experiments (Mathieu et al. 2019) on Pyro: run, sweep, evaluate.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{run,sweep,eval,list}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,sweep,eval,analyse,list}")
     sub.required = True
 
     def size_args(p: argparse.ArgumentParser) -> None:
@@ -67,6 +67,13 @@ def _build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="re-evaluate a finished run directory")
     ev.add_argument("run_dir")
     ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+
+    an = sub.add_parser(
+        "analyse", help="ArviZ posterior analysis of a run: NUTS ground truth, amortisation gap, PSIS k-hat"
+    )
+    an.add_argument("run_dir")
+    an.add_argument("--nuts", type=int, default=4, metavar="N", help="test datapoints to sample with NUTS (default 4)")
+    an.add_argument("--out", help="output directory (default: RUN_DIR/analysis)")
 
     sub.add_parser("list", help="list the shipped experiments and what each reproduces")
     return parser
@@ -165,6 +172,19 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_analyse(args: argparse.Namespace) -> int:
+    from .analysis import analyse_run
+    from .runner import load_run
+
+    if args.nuts < 0:
+        raise ValueError(f"--nuts must be >= 0, got {args.nuts}.")
+    out = Path(args.out) if args.out else Path(args.run_dir) / "analysis"
+    written = analyse_run(args.run_dir, nuts_datapoints=args.nuts, out_dir=out, load=load_run)
+    for path in written.values() if isinstance(written, dict) else written:
+        print(f"  wrote {path}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pyro-decomp`` console script; returns the exit status."""
     parser = _build_parser()
@@ -184,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_run(args)
         if args.command == "sweep":
             return _cmd_sweep(args)
+        if args.command == "analyse":
+            return _cmd_analyse(args)
         return _cmd_eval(args)
     except NonFiniteLossError as e:
         print(f"pyro-decomp: error: {e}", file=sys.stderr)

@@ -37,6 +37,7 @@ __all__ = [
     "evaluate_pinwheel",
     "evaluate_run",
     "load_run_config",
+    "load_run",
     "run_experiment",
     "write_posterior_netcdf",
 ]
@@ -217,8 +218,8 @@ def run_experiment(
         torch.set_num_threads(threads)
 
 
-def evaluate_run(run_dir: str | Path, *, device: str = "cpu") -> dict[str, Any]:
-    """Rebuild a run from ``run_dir/config.yaml`` and its latest checkpoint, and re-evaluate it."""
+def _restore_run(run_dir: str | Path, *, device: str = "cpu") -> Experiment:
+    """Rebuild the experiment of ``run_dir`` from its config.yaml and load its latest checkpoint."""
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     exp = build_experiment(cfg)
@@ -227,7 +228,24 @@ def evaluate_run(run_dir: str | Path, *, device: str = "cpu") -> dict[str, Any]:
     exp.vae.to(resolve_device(device))
     if hasattr(exp.elbo, "load_state_dict"):
         exp.elbo.load_state_dict(state["elbo"])
-    return evaluate_experiment(exp, run_dir)
+    return exp
+
+
+def load_run(run_dir: str | Path, *, split: str = "test", device: str = "cpu") -> tuple[Any, torch.Tensor]:
+    """The trained VAE of ``run_dir`` and its ``split`` ("test" or "train") data, ``(vae, x)``.
+
+    This is the loader behind ``pyro-decomp analyse``; see :func:`pyro_decomp.analysis.analyse_run`.
+    """
+    if split not in ("test", "train"):
+        raise ValueError(f"split must be 'test' or 'train', got {split!r}.")
+    exp = _restore_run(run_dir, device=device)
+    x = exp.x_test if split == "test" else exp.x_train
+    return exp.vae, x.to(resolve_device(device))
+
+
+def evaluate_run(run_dir: str | Path, *, device: str = "cpu") -> dict[str, Any]:
+    """Rebuild a run from ``run_dir/config.yaml`` and its latest checkpoint, and re-evaluate it."""
+    return evaluate_experiment(_restore_run(run_dir, device=device), run_dir)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation

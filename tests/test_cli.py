@@ -128,3 +128,28 @@ def test_list_names_every_experiment(capsys):
 def test_module_entry_point_help(tmp_path):
     proc = _cli("--help", cwd=tmp_path)
     assert proc.returncode == 0 and "run" in proc.stdout and "sweep" in proc.stdout
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_analyse_a_run_directory(tmp_path, capsys):
+    import arviz as az
+
+    run = tmp_path / "run"
+    assert main(["run", "fig3-pinwheel", "--smoke", "--out", str(run), "--no-progress", *TINY]) == 0
+    before = (run / "posterior.nc").read_bytes()
+    assert main(["analyse", str(run), "--nuts", "1"]) == 0
+    out = run / "analysis"
+    report = json.loads((out / "amortisation.json").read_text())
+    first = report["datapoints"][0]
+    # the gaps are differences of the reported bounds, and PSIS k-hat is a finite number
+    assert first["amortisation_gap"] == pytest.approx(first["local_elbo"] - first["amortised_elbo"], abs=1e-5)
+    assert first["approximation_gap"] == pytest.approx(first["log_px"] - first["local_elbo"], abs=1e-5)
+    assert first["psis_khat"] < 5
+    idata = az.from_netcdf(out / "posterior_nuts.nc")
+    assert "diverging" in idata.sample_stats
+    assert (run / "posterior.nc").read_bytes() == before  # the run's own results are untouched
+    capsys.readouterr()
+    assert main(["analyse", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -27,6 +27,17 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule, PyroParam
 
+# torch registers no bijection for a mixture's support; its support is the components' support, so
+# unconstrained-space samplers (NUTS on p(z|x), pyro.infer.autoguide) can use theirs.
+_MixtureConstraint = torch.distributions.constraints.MixtureSameFamilyConstraint
+if _MixtureConstraint not in torch.distributions.biject_to._registry:
+    torch.distributions.biject_to.register(
+        _MixtureConstraint, lambda c: torch.distributions.biject_to(c.base_constraint)
+    )
+    torch.distributions.transform_to.register(
+        _MixtureConstraint, lambda c: torch.distributions.transform_to(c.base_constraint)
+    )
+
 __all__ = [
     "AnisotropicGaussianPrior",
     "GaussianMixturePrior",
@@ -116,9 +127,7 @@ class Prior(PyroModule):
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """:math:`\\log p(z)` for ``z: [..., latent_dim]``, returns ``[...]``."""
         if z.shape[-1:] != (self.latent_dim,):
-            raise ValueError(
-                f"z must have last dimension latent_dim={self.latent_dim}, got shape {tuple(z.shape)}."
-            )
+            raise ValueError(f"z must have last dimension latent_dim={self.latent_dim}, got shape {tuple(z.shape)}.")
         return self.distribution().log_prob(z)
 
     def sample(self, num_samples: int) -> torch.Tensor:
@@ -156,9 +165,7 @@ class IsotropicGaussianPrior(Prior):
         self.scale = _positive_float("scale", scale)
 
     def variance(self) -> torch.Tensor:
-        return torch.full(
-            (self.latent_dim,), self.scale**2, dtype=self._anchor.dtype, device=self._anchor.device
-        )
+        return torch.full((self.latent_dim,), self.scale**2, dtype=self._anchor.dtype, device=self._anchor.device)
 
     def _build_distribution(self) -> dist.TorchDistribution:
         loc = torch.zeros(self.latent_dim, dtype=self._anchor.dtype, device=self._anchor.device)
@@ -188,9 +195,7 @@ def pca_variances(data: torch.Tensor, latent_dim: int) -> torch.Tensor:
     if not torch.is_tensor(data):
         data = torch.as_tensor(data)
     if data.dim() < 2 or data.shape[0] < 2:
-        raise ValueError(
-            f"data must have shape [n >= 2, ...] to initialise from PCA, got {tuple(data.shape)}."
-        )
+        raise ValueError(f"data must have shape [n >= 2, ...] to initialise from PCA, got {tuple(data.shape)}.")
     flat = data.reshape(data.shape[0], -1).double()
     if not torch.isfinite(flat).all():
         raise ValueError("data contains NaN or infinite values; clean it before PCA initialisation.")
@@ -237,9 +242,7 @@ class AnisotropicGaussianPrior(Prior):
             variance = torch.ones(latent_dim)
         variance = torch.as_tensor(variance, dtype=torch.get_default_dtype())
         if variance.shape != (latent_dim,):
-            raise ValueError(
-                f"variance must have shape [latent_dim]=[{latent_dim}], got {tuple(variance.shape)}."
-            )
+            raise ValueError(f"variance must have shape [latent_dim]=[{latent_dim}], got {tuple(variance.shape)}.")
         if not torch.isfinite(variance).all() or (variance <= 0).any():
             raise ValueError(f"variance must be finite and positive, got {variance.tolist()}.")
         self.learn = bool(learn)
@@ -423,9 +426,7 @@ class SparseMixturePrior(Prior):
         kw = dict(dtype=self._anchor.dtype, device=self._anchor.device)
         probs = torch.tensor([1.0 - self.gamma, self.gamma], **kw).expand(self.latent_dim, 2)
         scales = torch.tensor([1.0, self.sigma0], **kw).expand(self.latent_dim, 2)
-        per_dim = dist.MixtureSameFamily(
-            dist.Categorical(probs=probs), dist.Normal(torch.zeros_like(scales), scales)
-        )
+        per_dim = dist.MixtureSameFamily(dist.Categorical(probs=probs), dist.Normal(torch.zeros_like(scales), scales))
         return per_dim.to_event(1)
 
     def log_normaliser(self, beta: float, *, num_samples: int = 4096) -> torch.Tensor:
@@ -439,7 +440,5 @@ class SparseMixturePrior(Prior):
             return ((1 - g) * stats.norm.pdf(t) + g * stats.norm.pdf(t, scale=s0)) ** beta
 
         # split at the spike so quad resolves it
-        val = sum(
-            integrate.quad(pdf, a, b, limit=200)[0] for a, b in [(-math.inf, -1), (-1, 1), (1, math.inf)]
-        )
+        val = sum(integrate.quad(pdf, a, b, limit=200)[0] for a, b in [(-math.inf, -1), (-1, 1), (1, math.inf)])
         return torch.tensor(self.latent_dim * math.log(val), dtype=self._anchor.dtype)

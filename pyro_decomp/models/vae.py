@@ -69,30 +69,34 @@ class VAE(PyroModule):
             self.likelihood.check_data(x)
             self._checked = key
 
-    def _check_param_store(self) -> None:
-        """Refuse to train when Pyro's global param store holds another model's tensors under our names.
+    def _claim_param_store(self) -> None:
+        """Make this model the owner of its parameter names in Pyro's global param store.
 
-        ``pyro.module`` would then hand SVI the stored tensors, and this model's own parameters would
-        silently never be updated."""
+        The store is keyed by attribute path (``"decoder$$$net.0.weight"``), so two VAEs in one process
+        share names. ``pyro.module`` would then hand SVI the other model's stored tensors and this model's
+        parameters would silently never train. When the store holds another model's tensors under our
+        names, those entries are dropped so that ours are registered; alternating between models then
+        trains each of them correctly (``pyro.optim`` keeps one optimiser state per tensor).
+        """
         store = pyro.get_param_store()
-        for attr, module in (("decoder", self._modules["decoder"]), ("guide_module.encoder", self.encoder)):
+        prefix = f"{self._pyro_name}." if self._pyro_name else ""
+        for path, module in (("decoder", self._modules["decoder"]), ("guide_module.encoder", self.encoder)):
             first = next(module.named_parameters(), None)
             if first is None:
                 continue
-            prefix = f"{self._pyro_name}.{attr}" if self._pyro_name else attr
-            stored = store._params.get(param_with_module_name(prefix, first[0]))
+            stored = store._params.get(param_with_module_name(prefix + path, first[0]))
             if stored is not None and stored is not first[1]:
-                raise ValueError(
-                    f"Pyro's global param store already holds parameters named {prefix!r} that belong to "
-                    "another model, so SVI would silently leave this model untrained. Call "
-                    "pyro.clear_param_store() before training a new model, or give each VAE a distinct "
-                    "name, e.g. VAE(..., name='vae2')."
-                )
+                break
+        else:
+            return
+        roots = tuple(f"{prefix}{child}{sep}" for child in self._modules for sep in (".", "$$$"))
+        for name in [n for n in store.keys() if n.startswith(roots)]:
+            del store[name]
 
     @pyro_method  # activates the module context, so self.decoder registers its parameters with SVI
     def model(self, x: torch.Tensor, *, dataset_size: int | None = None) -> torch.Tensor:
         """:math:`z \\sim p(z)`, :math:`x \\sim p_\\theta(x \\mid z)` for ``x: [batch, *obs_shape]``."""
-        self._check_param_store()
+        self._claim_param_store()
         self._maybe_check(x)
         with data_plate(x, dataset_size):
             z = self.prior()
@@ -101,6 +105,7 @@ class VAE(PyroModule):
     @pyro_method
     def guide(self, x: torch.Tensor, *, dataset_size: int | None = None) -> torch.Tensor:
         """:math:`z \\sim q_\\phi(z \\mid x)`."""
+        self._claim_param_store()  # SVI runs the guide first
         return self.guide_module(x, dataset_size=dataset_size)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

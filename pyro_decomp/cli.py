@@ -79,11 +79,35 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# experiments that are a single function rather than a trained config (id -> reproduces, description)
+SCRIPT_EXPERIMENTS = {
+    "appC-bias": (
+        "004 App. C (estimator bias of the aggregate-posterior KL and TC vs batch size)",
+        "exclusive KL and total correlation by MWS/MSS on a fixed encoder, against a whole-dataset reference",
+    ),
+}
+
+
+def _cmd_run_script(args: argparse.Namespace) -> int:
+    from .experiments_appc import APPC_SIZES, run_appc_bias
+
+    if args.overrides or args.resume or args.device:
+        raise ValueError(f"{args.experiment} takes only --smoke/--size and --out (no overrides, --resume or --device).")
+    size = "smoke" if args.smoke else (args.size or "paper")
+    if size not in APPC_SIZES:
+        raise ValueError(f"unknown size {size!r} for {args.experiment}; choose one of {sorted(APPC_SIZES)}.")
+    out = Path(args.out or Path("runs") / args.experiment)
+    result = run_appc_bias(out, size=size)
+    print(f"run {args.experiment} [{size}] finished: {out}")
+    print(f"  wrote {out / 'appc_bias.json'} and {out / 'figures' / 'appc_bias.png'}")
+    return 0 if result else 1
+
+
 def _cmd_list() -> int:
     from .config import _experiments_dir, experiment_ids, load_yaml
 
     ids = experiment_ids()
-    width = max((len(i) for i in ids), default=10)
+    width = max((len(i) for i in [*ids, *SCRIPT_EXPERIMENTS]), default=10)
     for exp_id in ids:
         spec = load_yaml(_experiments_dir() / f"{exp_id}.yaml")
         kind = "sweep" if "grid" in spec else "run"
@@ -91,6 +115,9 @@ def _cmd_list() -> int:
         print(f"{exp_id:<{width}}  [{kind}; sizes: {sizes}]  {spec.get('reproduces', '')}")
         if spec.get("description"):
             print(f"{'':<{width}}  {spec['description']}")
+    for exp_id, (reproduces, description) in SCRIPT_EXPERIMENTS.items():
+        print(f"{exp_id:<{width}}  [run; sizes: smoke, paper]  {reproduces}")
+        print(f"{'':<{width}}  {description}")
     return 0
 
 
@@ -104,6 +131,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .config import apply_overrides, config_from_dict, config_to_dict, load_experiment, parse_overrides
     from .runner import load_run_config, run_experiment
 
+    if args.experiment in SCRIPT_EXPERIMENTS:
+        return _cmd_run_script(args)
     if args.experiment and "=" in args.experiment and not Path(args.experiment).is_file():
         args.overrides = [args.experiment, *args.overrides]  # `run --resume DIR key=value`
         args.experiment = None

@@ -153,3 +153,12 @@ def test_analyse_a_run_directory(tmp_path, capsys):
     capsys.readouterr()
     assert main(["analyse", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_appc_bias_runs_from_the_cli(tmp_path, capsys):
+    out = tmp_path / "appc"
+    assert main(["run", "appC-bias", "--smoke", "--out", str(out)]) == 0
+    result = json.loads((out / "appc_bias.json").read_text())
+    assert (out / "figures" / "appc_bias.png").is_file() and result
+    assert main(["run", "appC-bias", "--smoke", "model.beta=2"]) == 2
+    assert "takes only --smoke/--size and --out" in capsys.readouterr().err

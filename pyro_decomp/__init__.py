@@ -7,7 +7,7 @@ available as :class:`DecompositionELBO`, a drop-in loss for :class:`pyro.infer.S
 
 import importlib
 
-from . import divergences, guides, models, schedules
+from . import divergences, guides, models, optim, schedules
 from .elbo import DecompositionELBO
 from .guides import AmortizedGaussianGuide
 from .models import (
@@ -52,5 +52,6 @@ __all__ = [
     "guides",
     "metrics",
     "models",
+    "optim",
     "schedules",
 ]

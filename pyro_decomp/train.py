@@ -33,6 +33,7 @@ from pyro.infer import SVI
 from pyro.optim import PyroOptim
 
 from .elbo import LOSS_TERMS
+from .optim import Adam as FusedAdam
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -286,7 +287,8 @@ class Trainer:
         self.validate = bool(validate)
         self.config = dict(config or {})
         self.callbacks = list(callbacks)
-        self.optim: PyroOptim = pyro.optim.Adam({"lr": float(lr), "betas": tuple(float(b) for b in adam_betas)})
+        # one fused Adam over all parameters; same semantics and checkpoint format as pyro.optim.Adam
+        self.optim: PyroOptim = FusedAdam({"lr": float(lr), "betas": tuple(float(b) for b in adam_betas)})
         self.svi = SVI(model, guide, self.optim, loss=elbo)
         self.step = 0
         self.last_terms: dict[str, float] = {}

@@ -35,8 +35,9 @@ step, on both sides. To time without it, raise glibc's thresholds::
     MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=2147483647 MALLOC_TOP_PAD_=268435456 \\
         .venv/bin/python benchmarks/step_overhead.py
 
-``--validation`` chooses Pyro's validation setting (``on`` is Pyro's default); ``--foreach`` passes
-``foreach=True`` to ``pyro.optim.Adam``. The machine may be shared: only ratios measured in one
+``--validation`` chooses Pyro's validation setting (``on`` is Pyro's default); ``--optim`` chooses SVI's
+optimiser: ``fused`` (default) is :class:`pyro_decomp.optim.Adam`, the one the Trainer uses; ``pyro``
+is stock ``pyro.optim.Adam`` (one torch optimiser per parameter tensor), also timed as a reference row. The machine may be shared: only ratios measured in one
 process, interleaved, as minima over several repeats mean anything. Targets: pinwheel ≤ 1.3,
 shapes ≤ 1.1.
 """
@@ -51,6 +52,8 @@ import time
 from collections.abc import Callable
 
 import pyro
+
+import pyro_decomp
 import torch
 import torch.nn.functional as F
 
@@ -141,11 +144,14 @@ def _torch_stepper(baseline) -> Callable[[torch.Tensor], float]:
     return step
 
 
-def _svi_stepper(vae, loss, foreach: bool) -> Callable[[torch.Tensor], float]:
+def _svi_stepper(vae, loss, optim: str) -> Callable[[torch.Tensor], float]:
+    """``optim``: "fused" (pyro_decomp.optim.Adam, what the Trainer uses), "pyro" or "pyro-foreach"."""
     opts = {"lr": 1e-3}
-    if foreach:
-        opts["foreach"] = True
-    svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam(opts), loss=loss)
+    if optim == "fused":
+        optimizer = pyro_decomp.optim.Adam(opts)
+    else:
+        optimizer = pyro.optim.Adam({**opts, "foreach": True} if optim == "pyro-foreach" else opts)
+    svi = pyro.infer.SVI(vae.model, vae.guide, optimizer, loss=loss)
     return svi.step
 
 
@@ -180,16 +186,20 @@ def pinwheel(args, device):
         raise SystemExit("pinwheel: the hand-written baseline and DecompositionELBO disagree")
 
     variants = {
-        "pinwheel (α=3, InclusiveKL)": (_torch_stepper(baseline), _svi_stepper(vae, elbo, args.foreach)),
+        "pinwheel (α=3, InclusiveKL)": (_torch_stepper(baseline), _svi_stepper(vae, elbo, args.optim)),
     }
     if args.reference:
+        variants["pinwheel ref: same, stock pyro.optim.Adam"] = (
+            _torch_stepper(PinwheelBaseline(*_copy_nets(encoder, decoder, device), vae.prior, beta, alpha, M)),
+            _svi_stepper(vae, elbo, "pyro"),
+        )
         plain = _torch_stepper(PinwheelBaseline(*ref_nets, vae.prior, beta, 0.0, M))
         for name, loss in [
             ("ref: DecompositionELBO α=0", DecompositionELBO(beta=beta)),
             ("ref: Trace_ELBO", pyro.infer.Trace_ELBO()),
             ("ref: TraceMeanField_ELBO", pyro.infer.TraceMeanField_ELBO()),
         ]:
-            variants["pinwheel " + name] = (plain, _svi_stepper(vae, loss, args.foreach))
+            variants["pinwheel " + name] = (plain, _svi_stepper(vae, loss, args.optim))
     return x, variants
 
 
@@ -213,12 +223,12 @@ def shapes(args, device):
     )
     if not math.isclose(ours, theirs, rel_tol=1e-4):
         raise SystemExit("shapes: the hand-written baseline and DecompositionELBO disagree")
-    variants = {"shapes (β-VAE β=4)": (_torch_stepper(baseline), _svi_stepper(vae, elbo, args.foreach))}
+    variants = {"shapes (β-VAE β=4)": (_torch_stepper(baseline), _svi_stepper(vae, elbo, args.optim))}
     if args.reference:
         ref_base = _torch_stepper(ShapesBaseline(*_copy_nets(encoder, decoder, device), 1.0))
         variants["shapes ref: TraceMeanField_ELBO (β=1)"] = (
             ref_base,
-            _svi_stepper(vae, pyro.infer.TraceMeanField_ELBO(), args.foreach),
+            _svi_stepper(vae, pyro.infer.TraceMeanField_ELBO(), args.optim),
         )
     return x, variants
 
@@ -284,7 +294,12 @@ def main(argv=None) -> None:
         default="on",
         help="pyro.enable_validation (Pyro's default is on)",
     )
-    p.add_argument("--foreach", action="store_true", help="pyro.optim.Adam({..., 'foreach': True})")
+    p.add_argument(
+        "--optim",
+        choices=("fused", "pyro", "pyro-foreach"),
+        default="fused",
+        help="SVI's optimiser: pyro_decomp.optim.Adam (fused, the Trainer's) or pyro.optim.Adam",
+    )
     p.add_argument(
         "--no-reference",
         dest="reference",

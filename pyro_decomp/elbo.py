@@ -13,6 +13,7 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.infer.elbo import ELBO
 from pyro.infer.util import is_validation_enabled, torch_item
+from pyro.poutine.util import site_is_subsample
 from pyro.util import check_model_guide_match, check_site_shape
 from torch.distributions import kl_divergence
 
@@ -150,6 +151,7 @@ class DecompositionELBO(ELBO):
         self.log_F_beta_samples = int(log_F_beta_samples)
         self.step = 0
         self.last_terms: dict[str, torch.Tensor] = {}
+        self._prior_cache: tuple[Callable, Callable | None] | None = None
 
     # ------------------------------------------------------------------ state
     def current_weights(self) -> dict[str, float]:
@@ -179,6 +181,12 @@ class DecompositionELBO(ELBO):
         if self.divergence is not None and "divergence" in state:
             self.divergence.load_state_dict(state["divergence"])
 
+    def _prior_of(self, model: Callable) -> Callable | None:
+        """:func:`_find_prior`, remembered for the last model seen (SVI passes the same one each step)."""
+        if self._prior_cache is None or self._prior_cache[0] is not model:
+            self._prior_cache = (model, _find_prior(model))
+        return self._prior_cache[1]
+
     # ------------------------------------------------------------------ traces
     def _get_trace(self, model, guide, args, kwargs):
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
@@ -191,7 +199,8 @@ class DecompositionELBO(ELBO):
                         # a meta tensor of the batch shape stands in for log_prob: no arithmetic needed
                         shape = site["fn"].batch_shape
                         check_site_shape(dict(site, log_prob=torch.empty(shape, device="meta")), self.max_plate_nesting)
-        return poutine.util.prune_subsample_sites(model_trace), poutine.util.prune_subsample_sites(guide_trace)
+        # subsample sites are skipped where the traces are read, which saves copying both traces per step
+        return model_trace, guide_trace
 
     def _get_traces(self, model, guide, args, kwargs):
         if self.num_particles == 1:
@@ -212,12 +221,16 @@ class DecompositionELBO(ELBO):
         if self.latent_site is not None:
             name = self.latent_site
         else:
-            prior = _find_prior(model)
+            prior = self._prior_of(model)
             name = getattr(prior, "site", "z") if prior is not None else "z"
         if name not in guide_trace.nodes:
             if self.divergence is None:
                 return None
-            latent = [n for n, s in guide_trace.nodes.items() if s["type"] == "sample" and not s["is_observed"]]
+            latent = [
+                n
+                for n, s in guide_trace.nodes.items()
+                if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)
+            ]
             raise ValueError(
                 f"the divergence acts on latent site {name!r}, which the guide does not sample; "
                 f"pass latent_site= one of {latent}."
@@ -236,7 +249,7 @@ class DecompositionELBO(ELBO):
         site_name = self._resolve_site(model, guide_trace)
         latent_model_site = None
         for name, site in model_trace.nodes.items():
-            if site["type"] != "sample":
+            if site["type"] != "sample" or site_is_subsample(site):
                 continue
             if site["is_observed"]:
                 lp = scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"], site["mask"])
@@ -334,7 +347,7 @@ class DecompositionELBO(ELBO):
             m_fn = msite["fn"]
             lp = m_fn.log_prob(msite["value"])
             batch.log_p_zq = lp if lp.dim() == 2 else lp.reshape(z_q.shape[:-1])
-        prior = _find_prior(model)
+        prior = self._prior_of(model)
         if isinstance(prior, Prior):
             batch.prior_log_prob = prior.log_prob
         if div.needs_prior_samples:
@@ -373,7 +386,12 @@ class DecompositionELBO(ELBO):
         annealed_kl = 0.0
         log_F = 0.0
         for name, site in model_trace.nodes.items():
-            if site["type"] != "sample" or site["is_observed"] or name not in guide_trace.nodes:
+            if (
+                site["type"] != "sample"
+                or site["is_observed"]
+                or site_is_subsample(site)
+                or name not in guide_trace.nodes
+            ):
                 continue
             gsite = guide_trace.nodes[name]
             normal = _unwrap_normal(site["fn"])
@@ -388,7 +406,7 @@ class DecompositionELBO(ELBO):
                 var = scale.square()
                 lf = gaussian_log_normaliser(var.reshape(var.shape[: var.dim() - event_dims] + (-1,)), beta)
             elif beta > 0:
-                prior = _find_prior(model)
+                prior = self._prior_of(model)
                 if isinstance(prior, Prior) and prior.site == name:
                     lf = prior.log_normaliser(beta)  # closed form or quadrature where the prior knows one
                 else:

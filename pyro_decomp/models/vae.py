@@ -80,7 +80,9 @@ class VAE(PyroModule):
         """
         store = pyro.get_param_store()
         prefix = f"{self._pyro_name}." if self._pyro_name else ""
-        for path, module in (("decoder", self._modules["decoder"]), ("guide_module.encoder", self.encoder)):
+        # read _modules directly: attribute access inside the module context would re-register with Pyro
+        encoder = self._modules["guide_module"]._modules["encoder"]
+        for path, module in (("decoder", self._modules["decoder"]), ("guide_module.encoder", encoder)):
             first = next(module.named_parameters(), None)
             if first is None:
                 continue

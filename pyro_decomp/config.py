@@ -62,7 +62,8 @@ class ConfigError(ValueError):
 # ---------------------------------------------------------------------------------------------- sections
 @dataclass
 class DataConfig:
-    """Dataset. ``name``: only ``pinwheel`` is wired into the runner so far (SPEC §4)."""
+    """Dataset (SPEC §4): ``pinwheel`` (the ``arms``..``rate`` keys) or ``dsprites`` (``num_images``,
+    ``test_images``, ``npz``). ``seed`` draws the data (pinwheel points; which dSprites images)."""
 
     name: str = "pinwheel"
     arms: int = 4
@@ -72,8 +73,12 @@ class DataConfig:
     tangential_std: float = 0.3
     rate: float = 0.25
     seed: int = 0
+    # dsprites: a uniform subset of the 737,280-image grid (null: the whole grid), rendered procedurally
+    num_images: int | None = None
+    test_images: int = 1000  # held-out images for the reconstruction (in the training set if num_images is null)
+    npz: str | None = None  # the official dsprites_ndarray_*.npz instead of the renderer
 
-    _choices = {"name": ("pinwheel",)}
+    _choices = {"name": ("pinwheel", "dsprites")}
 
 
 @dataclass
@@ -109,12 +114,33 @@ class ModelConfig:
     num_prior_samples: int | None = None  # None: as many as the batch
     objective: str = "beta"
     num_particles: int = 1
+    # weights of the disentanglement regularisers (docs/regularisers.md); alpha multiplies the divergence
+    tc_weight: float = 6.0  # beta_tcvae: b in a*MI + b*TC + c*dimKL
+    mi_weight: float = 1.0  # beta_tcvae: a
+    dim_kl_weight: float = 1.0  # beta_tcvae: c
+    tc_estimator: str = "mss"  # beta_tcvae: mss or mws (Chen et al.)
+    dip_lambda: float = 1.0  # dip_vae_i / dip_vae_ii: lambda_od = lambda_d
+    capacity_gamma: float = 1000.0  # capacity: gamma * |KL - C(t)|
+    capacity_max: float = 25.0  # capacity: C(t) grows linearly from 0 to capacity_max nats ...
+    capacity_steps: int = 100_000  # ... over capacity_steps steps
 
     _choices = {
-        "networks": ("pinwheel",),
-        "likelihood": ("gaussian",),
-        "divergence": ("none", "inclusive_kl", "mmd_imq", "mmd_rbf", "mmd_per_dim"),
+        "networks": ("pinwheel", "shapes", "burgess"),
+        "likelihood": ("gaussian", "bernoulli"),
+        "divergence": (
+            "none",
+            "inclusive_kl",
+            "mmd_imq",
+            "mmd_rbf",
+            "mmd_per_dim",
+            "factor_vae",
+            "beta_tcvae",
+            "dip_vae_i",
+            "dip_vae_ii",
+            "capacity",
+        ),
         "objective": ("beta", "entropy"),
+        "tc_estimator": ("mss", "mws"),
     }
 
 
@@ -148,6 +174,14 @@ class EvalConfig:
     posterior_draws: int = 100  # draws of z per test point in posterior.nc
     grid_size: int = 160  # density grid resolution per axis
     figures: bool = True
+    # dsprites: disentanglement metrics of the mean representation (sizes as in disentanglement_lib)
+    metric_group_size: int = 64  # BetaVAE / FactorVAE: points per vote
+    metric_num_train: int = 10_000  # BetaVAE / FactorVAE: training votes
+    metric_num_eval: int = 5_000  # BetaVAE / FactorVAE: evaluation votes
+    metric_num_variance: int = 10_000  # FactorVAE: points for the global variances
+    metric_num_points: int = 10_000  # MIG: points
+    loss_images: int = 2048  # dsprites: images (per split) for the final loss terms
+    traversal_range: float = 3.0  # latent traversals over [-r, r]
 
 
 @dataclass
@@ -250,7 +284,8 @@ def _check_ranges(cfg: ExperimentConfig) -> None:
     need(m.beta >= 0, "model.beta", f"must be >= 0, got {m.beta}.")
     need(m.alpha >= 0, "model.alpha", f"must be >= 0, got {m.alpha}.")
     need(not (m.alpha > 0 and m.divergence == "none"), "model.alpha",
-         "alpha > 0 needs a divergence; set model.divergence to one of inclusive_kl, mmd_imq, mmd_rbf, mmd_per_dim.")  # fmt: skip
+         "alpha > 0 needs a divergence; set model.divergence to one of inclusive_kl, mmd_imq, mmd_rbf, mmd_per_dim, "
+         "factor_vae, beta_tcvae, dip_vae_i, dip_vae_ii, capacity.")  # fmt: skip
     need(m.latent_dim >= 1, "model.latent_dim", "must be >= 1.")
     need(m.hidden_dim >= 1, "model.hidden_dim", "must be >= 1.")
     need(m.num_particles >= 1, "model.num_particles", "must be >= 1.")
@@ -266,6 +301,33 @@ def _check_ranges(cfg: ExperimentConfig) -> None:
     need(e.grid_size >= 8, "eval.grid_size", "must be >= 8.")
     need(t.batch_size is None or t.batch_size >= 2 or m.divergence == "none", "train.batch_size",
          "the aggregate-posterior divergence needs batches of at least 2.")  # fmt: skip
+    need(m.dip_lambda >= 0 and m.capacity_gamma >= 0 and m.capacity_max >= 0, "model",
+         "dip_lambda, capacity_gamma and capacity_max must be >= 0.")  # fmt: skip
+    need(
+        min(m.tc_weight, m.mi_weight, m.dim_kl_weight) >= 0,
+        "model",
+        "tc_weight, mi_weight, dim_kl_weight must be >= 0.",
+    )
+    need(m.capacity_steps >= 1, "model.capacity_steps", "must be >= 1.")
+    need(e.metric_group_size >= 2, "eval.metric_group_size", "must be >= 2.")
+    need(min(e.metric_num_train, e.metric_num_eval, e.metric_num_variance, e.metric_num_points, e.loss_images) >= 1,
+         "eval", "metric_num_train, metric_num_eval, metric_num_variance, metric_num_points, loss_images must be >= 1.")  # fmt: skip
+    need(e.traversal_range > 0, "eval.traversal_range", "must be > 0.")
+    image_data = d.name == "dsprites"
+    if image_data:
+        need(d.num_images is None or d.num_images >= 2, "data.num_images", "must be >= 2 or null (the whole grid).")
+        need(d.test_images >= 1, "data.test_images", "must be >= 1.")
+        need(m.networks in ("shapes", "burgess"), "model.networks",
+             f"data.name=dsprites needs image networks: shapes or burgess, got {m.networks!r}.")  # fmt: skip
+        need(m.likelihood == "bernoulli", "model.likelihood",
+             f"data.name=dsprites has binary images: use bernoulli, got {m.likelihood!r}.")  # fmt: skip
+        need(p.name in ("isotropic", "student_t"), "prior.name",
+             f"data.name=dsprites supports the isotropic and student_t priors, got {p.name!r}.")  # fmt: skip
+    else:
+        need(m.networks == "pinwheel", "model.networks",
+             f"data.name={d.name} needs the pinwheel networks, got {m.networks!r}.")  # fmt: skip
+        need(m.likelihood == "gaussian", "model.likelihood",
+             f"data.name={d.name} needs the gaussian likelihood, got {m.likelihood!r}.")  # fmt: skip
 
 
 def config_from_dict(raw: Mapping[str, Any]) -> ExperimentConfig:

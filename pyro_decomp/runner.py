@@ -34,6 +34,7 @@ from .train import CHECKPOINT_NAME, Trainer, latest_checkpoint, load_checkpoint,
 __all__ = [
     "Experiment",
     "build_experiment",
+    "evaluate_image_experiment",
     "evaluate_pinwheel",
     "evaluate_run",
     "load_run_config",
@@ -54,6 +55,7 @@ class Experiment:
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+    dataset: Any = None  # the ground-truth dataset the disentanglement metrics sample from (dsprites)
 
 
 def _seed_everything(seed: int) -> None:
@@ -79,10 +81,31 @@ def _build_prior(cfg: ExperimentConfig):
 
 
 def _build_divergence(cfg: ExperimentConfig):
+    """The config's ``model.divergence`` as a :class:`~pyro_decomp.divergences.Divergence` (or ``None``)."""
     from .divergences import MMD, InclusiveKL
+    from .divergences.factory import divergence_from_dict
 
     m = cfg.model
     kw = {"num_prior_samples": m.num_prior_samples}
+    specs = {
+        "factor_vae": lambda: {"type": "factor_vae", "latent_dim": m.latent_dim},
+        "beta_tcvae": lambda: {
+            "type": "beta_tcvae",
+            "mi_weight": m.mi_weight,
+            "tc_weight": m.tc_weight,
+            "dim_kl_weight": m.dim_kl_weight,
+            "estimator": m.tc_estimator,
+        },
+        "dip_vae_i": lambda: {"type": "dip_vae", "kind": "i", "lambda_od": m.dip_lambda, "lambda_d": m.dip_lambda},
+        "dip_vae_ii": lambda: {"type": "dip_vae", "kind": "ii", "lambda_od": m.dip_lambda, "lambda_d": m.dip_lambda},
+        "capacity": lambda: {
+            "type": "capacity",
+            "gamma": m.capacity_gamma,
+            "capacity": {"type": "linear_warmup", "start": 0.0, "end": m.capacity_max, "steps": m.capacity_steps},
+        },
+    }
+    if m.divergence in specs:
+        return divergence_from_dict(specs[m.divergence]())
     return {
         "none": lambda: None,
         "inclusive_kl": lambda: InclusiveKL(**kw),
@@ -92,6 +115,45 @@ def _build_divergence(cfg: ExperimentConfig):
     }[m.divergence]()
 
 
+def _dsprites_data(cfg: ExperimentConfig):
+    """``(dataset, x_train, y_train, x_test, y_test)``: disjoint uniform subsets of the dSprites grid.
+
+    ``data.num_images`` training images and ``data.test_images`` held-out ones, drawn with ``data.seed``;
+    ``data.num_images=null`` trains on the whole grid (as the thesis does), and the test images are then a
+    subset of it. ``y`` are the ``[n, 5]`` integer factors.
+    """
+    from .data.dsprites import DSprites
+
+    d = cfg.data
+    dataset = DSprites.from_npz(d.npz) if d.npz else DSprites()
+    total = len(dataset)
+    n_test = d.test_images
+    if n_test >= total:
+        raise ConfigError(f"data.test_images: must be < {total} (the dataset's size), got {n_test}.")
+    n_train = total if d.num_images is None else d.num_images
+    if d.num_images is not None and n_train + n_test > total:
+        raise ConfigError(
+            f"data.num_images: {n_train} training + {n_test} test images exceed the {total} images of dSprites; "
+            "lower data.num_images or data.test_images (or set data.num_images=null)."
+        )
+    perm = np.random.default_rng(d.seed).permutation(total)
+    test_idx = np.sort(perm[:n_test])
+    train_idx = np.arange(total) if d.num_images is None else np.sort(perm[n_test : n_test + n_train])
+
+    def load(idx):
+        if d.npz:
+            rows = idx  # file row order
+            x = torch.from_numpy(dataset._images[rows].astype(np.float32)[:, None])
+            return x, torch.from_numpy(dataset._classes[rows].copy())
+        factors = dataset.index_to_factors(idx)
+        chunks = [dataset.render_factors(factors[i : i + 8192]) for i in range(0, len(factors), 8192)]
+        return torch.cat(chunks), torch.from_numpy(factors)
+
+    x_train, y_train = load(train_idx)
+    x_test, y_test = load(test_idx)
+    return dataset, x_train, y_train, x_test, y_test
+
+
 def build_experiment(cfg: ExperimentConfig) -> Experiment:
     """Seed everything with ``train.seed`` and build data, VAE and :class:`~pyro_decomp.DecompositionELBO`."""
     from .data.pinwheel import pinwheel_splits
@@ -99,8 +161,10 @@ def build_experiment(cfg: ExperimentConfig) -> Experiment:
     from .models import VAE, GaussianLikelihood
     from .models.networks import build_networks
 
+    if cfg.data.name == "dsprites":
+        return _build_image_experiment(cfg)
     if cfg.data.name != "pinwheel":
-        raise ConfigError(f"data.name: only 'pinwheel' is wired into the runner, got {cfg.data.name!r}.")
+        raise ConfigError(f"data.name: choose pinwheel or dsprites, got {cfg.data.name!r}.")
     d = cfg.data
     splits = pinwheel_splits(
         d.seed,
@@ -129,6 +193,27 @@ def build_experiment(cfg: ExperimentConfig) -> Experiment:
         num_particles=m.num_particles,
     )
     return Experiment(cfg, vae, elbo, splits.x_train, splits.y_train, splits.x_test, splits.y_test)
+
+
+def _build_image_experiment(cfg: ExperimentConfig) -> Experiment:
+    """dSprites: image networks, Bernoulli likelihood (``event_dim=3``), minibatches scaled to ``dataset_size``."""
+    from .elbo import DecompositionELBO
+    from .models import VAE, BernoulliLikelihood
+    from .models.networks import build_networks
+
+    dataset, x_train, y_train, x_test, y_test = _dsprites_data(cfg)
+    _seed_everything(cfg.train.seed)
+    m = cfg.model
+    encoder, decoder = build_networks(m.networks, latent_dim=m.latent_dim)
+    vae = VAE(_build_prior(cfg), decoder, BernoulliLikelihood(event_dim=3), encoder)
+    elbo = DecompositionELBO(
+        beta=m.beta,
+        alpha=m.alpha,
+        divergence=_build_divergence(cfg),
+        objective=m.objective,
+        num_particles=m.num_particles,
+    )
+    return Experiment(cfg, vae, elbo, x_train, y_train, x_test, y_test, dataset=dataset)
 
 
 def load_run_config(run_dir: str | Path) -> ExperimentConfig:
@@ -438,6 +523,8 @@ def _prior_attrs(prior) -> dict[str, Any]:
 
 def evaluate_experiment(exp: Experiment, run_dir: str | Path, *, train_seconds: float | None = None) -> dict[str, Any]:
     """Final loss terms (train and test), the q(z)-p(z) measures, the figure and ``posterior.nc``."""
+    if exp.dataset is not None:
+        return evaluate_image_experiment(exp, run_dir, train_seconds=train_seconds)
     cfg, vae = exp.config, exp.vae
     run_dir = Path(run_dir)
     device = next(vae.parameters()).device
@@ -502,3 +589,148 @@ def evaluate_experiment(exp: Experiment, run_dir: str | Path, *, train_seconds: 
     tmp.write_text(text + "\n")
     tmp.replace(run_dir / "metrics.json")
     return {**metrics, **{k: v for k, v in density.items()}, "run_dir": str(run_dir)}
+
+
+def _write_metrics(run_dir: Path, metrics: Mapping[str, Any]) -> None:
+    text = json.dumps(_jsonable(metrics), indent=2)
+    tmp = run_dir / "metrics.json.tmp"
+    tmp.write_text(text + "\n")
+    tmp.replace(run_dir / "metrics.json")
+
+
+@torch.no_grad()
+def _encode_all(vae, x: torch.Tensor, device, chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    locs, scales = [], []
+    for xc in x.split(chunk):
+        loc, scale = vae.encode(xc.to(device))
+        locs.append(loc.cpu())
+        scales.append(scale.cpu())
+    return torch.cat(locs), torch.cat(scales)
+
+
+@torch.no_grad()
+def _traversal_figure(vae, x: torch.Tensor, order: np.ndarray, kl: np.ndarray, path: Path, *, limit: float, title: str):
+    """Latent traversals of one test image's mean code over ``[-limit, limit]``, one row per dimension,
+    rows sorted by decreasing dimension-wise KL; the first row shows the image and its reconstruction."""
+    from .analysis.plots import _pyplot, save_figure
+
+    plt = _pyplot()
+    device = next(vae.parameters()).device
+    steps = 9
+    loc, _ = vae.encode(x[:1].to(device))
+    values = torch.linspace(-limit, limit, steps, device=device)
+    rows = []
+    for d in order:
+        z = loc.repeat(steps, 1)
+        z[:, int(d)] = values
+        rows.append(torch.sigmoid(vae.decoder(z)).reshape(steps, *x.shape[-2:]).cpu().numpy())
+    recon = torch.sigmoid(vae.decoder(loc)).reshape(*x.shape[-2:]).cpu().numpy()
+    fig, axes = plt.subplots(len(rows) + 1, steps, figsize=(steps * 0.9, (len(rows) + 1) * 0.9), squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0][0].imshow(x[0].reshape(*x.shape[-2:]).cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+    axes[0][0].set_title("input", fontsize=7)
+    axes[0][1].imshow(recon, cmap="gray", vmin=0, vmax=1)
+    axes[0][1].set_title("recon.", fontsize=7)
+    for c in range(2, steps):
+        axes[0][c].axis("off")
+    for r, (d, imgs) in enumerate(zip(order, rows, strict=True), start=1):
+        for c in range(steps):
+            axes[r][c].imshow(imgs[c], cmap="gray", vmin=0, vmax=1)
+        axes[r][0].set_ylabel(f"z{int(d)}\nKL {kl[int(d)]:.2f}", fontsize=6)
+    for c in range(steps):
+        axes[-1][c].set_xlabel(f"{float(values[c]):+.1f}", fontsize=6)
+    fig.suptitle(title, fontsize=8)
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def evaluate_image_experiment(
+    exp: Experiment, run_dir: str | Path, *, train_seconds: float | None = None
+) -> dict[str, Any]:
+    """dSprites evaluation: final loss terms, disentanglement metrics of the mean representation, traversals.
+
+    ``metrics.json`` holds ``train``/``test`` loss terms on ``eval.loss_images`` images per split (no
+    ``dataset_size`` scaling, so ``*_per_point`` divide by that count), and ``measures``: the FactorVAE score,
+    the BetaVAE score (evaluation accuracies) and MIG, all of the encoder mean, on images sampled from the
+    whole factor grid (not only the training subset); the dimension-wise KL and active units of the test
+    encodings; the test reconstruction per image (Bernoulli negative log-likelihood in nats).
+    ``figures/traversals.png``: latent traversals, rows sorted by dimension-wise KL.
+    """
+    from .metrics import active_units, compute_beta_vae, compute_factor_vae, compute_mig, dimensionwise_kl
+
+    cfg, vae, e = exp.config, exp.vae, exp.config.eval
+    run_dir = Path(run_dir)
+    device = next(vae.parameters()).device
+    t0 = time.perf_counter()
+    vae.eval()
+    state = torch.get_rng_state()
+    torch.manual_seed(e.seed)
+    # a seeded random subset: the training images may be in grid order (data.num_images=null)
+    pick = torch.randperm(exp.x_train.shape[0], generator=torch.Generator().manual_seed(e.seed))[: e.loss_images]
+    x_tr, x_te = exp.x_train[pick], exp.x_test[: e.loss_images]
+    with pyro.validation_enabled(False):
+        train_terms = exp.elbo.loss_terms(vae.model, vae.guide, x_tr.to(device))
+        test_terms = exp.elbo.loss_terms(vae.model, vae.guide, x_te.to(device))
+    torch.set_rng_state(state)
+
+    def representation(x):
+        return vae.encode(torch.as_tensor(x, dtype=torch.float32).to(device))[0]
+
+    sizes = {"group_size": e.metric_group_size, "num_train": e.metric_num_train, "num_eval": e.metric_num_eval}
+    factor_vae = compute_factor_vae(
+        exp.dataset, representation, random_state=e.seed, num_variance_estimate=e.metric_num_variance, **sizes
+    )
+    beta_vae = compute_beta_vae(exp.dataset, representation, random_state=e.seed + 1, **sizes)
+    mig = compute_mig(exp.dataset, representation, random_state=e.seed + 2, num_points=e.metric_num_points)
+    loc, scale = _encode_all(vae, exp.x_test, device)
+    kl = dimensionwise_kl(loc.double().numpy(), scale.double().numpy())
+    units = active_units(loc.double().numpy())
+    per = {k: test_terms[k] / len(x_te) for k in ("reconstruction", "kl") if k in test_terms}
+    measures = {
+        "factor_vae_score": factor_vae["eval_accuracy"],
+        "beta_vae_score": beta_vae["eval_accuracy"],
+        "mig": mig["mig"],
+        "active_units": units["active_units"],
+        "active_fraction": units["active_fraction"],
+        "mean_encoder_std": float(scale.mean()),
+        "test_reconstruction_per_image": per.get("reconstruction"),
+        "test_kl_per_image": per.get("kl"),
+    }
+    metrics: dict[str, Any] = {
+        "id": cfg.id,
+        "size": cfg.size,
+        "data": cfg.data.name,
+        "divergence": cfg.model.divergence,
+        "alpha": cfg.model.alpha,
+        "beta": cfg.model.beta,
+        "seed": cfg.train.seed,
+        "steps": cfg.train.steps,
+        "num_train_images": int(exp.x_train.shape[0]),
+        "train": train_terms,
+        "test": test_terms,
+        "train_per_point": {k: train_terms[k] / len(x_tr) for k in ("reconstruction", "kl") if k in train_terms},
+        "test_per_point": per,
+        "measures": measures,
+        "disentanglement": {"factor_vae": factor_vae, "beta_vae": beta_vae, "mig": mig},
+        "metric_sizes": {
+            **sizes,
+            "num_variance_estimate": e.metric_num_variance,
+            "mig_num_points": e.metric_num_points,
+        },
+        "dimensionwise_kl": kl.tolist(),
+    }
+    if train_seconds is not None:
+        metrics["train_seconds"] = train_seconds
+    (run_dir / "figures").mkdir(parents=True, exist_ok=True)
+    if e.figures:
+        order = np.argsort(-kl, kind="stable")
+        _traversal_figure(
+            vae, exp.x_test, order, kl, run_dir / "figures" / "traversals.png", limit=e.traversal_range,
+            title=f"{cfg.id} ({cfg.model.divergence}): α={cfg.model.alpha:g}, β={cfg.model.beta:g}; "
+            "rows by dimension-wise KL",
+        )  # fmt: skip
+    metrics["eval_seconds"] = time.perf_counter() - t0
+    _write_metrics(run_dir, metrics)
+    return {**metrics, "run_dir": str(run_dir)}

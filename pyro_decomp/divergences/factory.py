@@ -121,6 +121,7 @@ def load_thesis_grids(
     if size not in sizes:
         raise ValueError(f"size must be one of {sorted(sizes)}, got {size!r}.")
     size_over = dict(sizes[size] or {})
+    size_over.pop("seeds", None)  # a size's seed list (sweep format), not a config key
     runs: list[dict[str, Any]] = []
     for block in spec["grid"]:
         if not isinstance(block, dict) or set(block) - {"title", "fixed", "vary"}:

@@ -7,7 +7,9 @@ A sweep file::
     grid:                        # one block per figure row; each block is a product over `vary`
       - {title: "alpha = 0", fixed: {model.alpha: 0.0}, vary: {model.beta: [0.01, 0.3]}}
     seeds: [0]                   # train.seed values (each seed is a separate run)
-    sizes: {smoke: {train.steps: 100}, paper: {}}
+    sizes: {smoke: {train.steps: 100}, paper: {}}   # a size may also set `seeds: [...]`
+
+The base experiment is loaded at its default size; the sweep's size overrides are applied on top.
 
 Outputs in the sweep directory: ``runs/<name>/`` (full run directories), ``grid.png`` (one density
 panel per run, first seed), ``summary.csv`` and ``summary.md``. Runs that already hold a
@@ -61,6 +63,27 @@ SUMMARY_COLUMNS = (
     "test_reconstruction_per_point",
     "train_seconds",
 )
+# dSprites sweeps (data.name=dsprites): disentanglement metrics of the mean representation instead
+IMAGE_SUMMARY_COLUMNS = (
+    "name",
+    "row",
+    "divergence",
+    "alpha",
+    "beta",
+    "weight",
+    "seed",
+    "status",
+    "factor_vae_score",
+    "beta_vae_score",
+    "mig",
+    "active_units",
+    "test_reconstruction_per_image",
+    "test_kl_per_image",
+    "train_seconds",
+)
+# the regulariser's own weight, per model.divergence (the `weight` column)
+_WEIGHT_KEYS = {"beta_tcvae": "tc_weight", "dip_vae_i": "dip_lambda", "dip_vae_ii": "dip_lambda",
+                "factor_vae": "alpha", "capacity": "capacity_max"}  # fmt: skip
 
 
 @dataclass
@@ -112,10 +135,11 @@ def load_sweep(name: str | Path, *, size: str | None = None, overrides: Mapping[
     size = size or spec.get("default_size") or ("paper" if "paper" in sizes else None)
     if size is not None and size not in sizes:
         raise ConfigError(f"{path}: unknown size {size!r}; choose one of {', '.join(sorted(sizes)) or '(none)'}.")
-    base = apply_overrides(base, dict(sizes.get(size) or {}) if size else {})
+    size_over = dict(sizes.get(size) or {}) if size else {}
+    seeds = size_over.pop("seeds", spec.get("seeds", [0]))
+    base = apply_overrides(base, size_over)
     base["size"] = size or "default"
     base["id"] = str(spec.get("id", path.stem))
-    seeds = spec.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
         raise ConfigError(f"{path}: seeds must be a non-empty list of non-negative integers, got {seeds!r}.")
     grid = spec["grid"]
@@ -159,7 +183,9 @@ def _sweep_worker(config: dict[str, Any], run_dir: str, threads: int) -> dict[st
         from ..runner import load_run_config, run_experiment
 
         metrics_path = run_dir_p / "metrics.json"
-        reuse = metrics_path.is_file() and (run_dir_p / "figures" / "aggregate_posterior.npz").is_file()
+        image = config["data"]["name"] == "dsprites"
+        marker = run_dir_p / "figures" / ("traversals.png" if image else "aggregate_posterior.npz")
+        reuse = metrics_path.is_file() and (marker.is_file() or (image and not config["eval"]["figures"]))
         if reuse:
             reuse = config_to_dict(load_run_config(run_dir_p)) == config
         if reuse:
@@ -241,6 +267,12 @@ def _report(result: dict, log) -> dict:
         log(f"[sweep] {name}: FAILED: {result.get('error')}")
     else:
         m = result.get("measures", {})
+        if "factor_vae_score" in m:
+            log(
+                f"[sweep] {name}: {result['status']}  FactorVAE={m['factor_vae_score']:.3f}  "
+                f"BetaVAE={m['beta_vae_score']:.3f}  MIG={m['mig']:.3f}"
+            )
+            return result
         log(
             f"[sweep] {name}: {result['status']}  KL(p||q)={m.get('kl_prior_to_aggregate', float('nan')):.3f}  "
             f"evenness={m.get('occupancy_evenness', float('nan')):.3f}  overlap={m.get('overlap', float('nan')):.3f}"
@@ -248,7 +280,29 @@ def _report(result: dict, log) -> dict:
     return result
 
 
+def _image_row(run: SweepRun, result: Mapping[str, Any]) -> dict[str, Any]:
+    m = result.get("measures", {}) or {}
+    model = run.config["model"]
+    row = {
+        "name": run.name,
+        "row": run.row,
+        "divergence": model["divergence"],
+        "alpha": model["alpha"],
+        "beta": model["beta"],
+        "weight": model.get(_WEIGHT_KEYS.get(model["divergence"], "beta")),
+        "seed": run.seed,
+        "status": result.get("status", "failed"),
+        "train_seconds": result.get("train_seconds"),
+    }
+    for k in IMAGE_SUMMARY_COLUMNS:
+        if k not in row:
+            row[k] = m.get(k)
+    return row
+
+
 def _row(run: SweepRun, result: Mapping[str, Any]) -> dict[str, Any]:
+    if run.config["data"]["name"] == "dsprites":
+        return _image_row(run, result)
     m = result.get("measures", {}) or {}
     test = result.get("test", {}) or {}
     n = run.config["data"]["arms"] * run.config["data"]["test_per_arm"]
@@ -270,20 +324,20 @@ def _row(run: SweepRun, result: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _write_tables(rows: list[dict], out_dir: Path) -> None:
+def _write_tables(rows: list[dict], out_dir: Path, columns: Sequence[str] = SUMMARY_COLUMNS) -> None:
     with open(out_dir / "summary.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(SUMMARY_COLUMNS))
+        w = csv.DictWriter(f, fieldnames=list(columns))
         w.writeheader()
         for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in SUMMARY_COLUMNS})
+            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
 
     def cell(v: Any) -> str:
         if v is None:
             return "-"
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 
-    lines = ["| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
-    lines += ["| " + " | ".join(cell(r.get(k)) for k in SUMMARY_COLUMNS) + " |" for r in rows]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(k)) for k in columns) + " |" for r in rows]
     (out_dir / "summary.md").write_text("\n".join(lines) + "\n")
 
 
@@ -328,13 +382,16 @@ def run_sweep(
     else:
         results = _run_ray(jobs, workers, address, log)
     rows = [_row(run, res) for run, res in zip(spec.runs, results, strict=True)]
-    _write_tables(rows, out_dir)
-    _grid_figure(spec, results, out_dir / "grid.png")
+    image = bool(spec.runs) and spec.runs[0].config["data"]["name"] == "dsprites"
+    _write_tables(rows, out_dir, IMAGE_SUMMARY_COLUMNS if image else SUMMARY_COLUMNS)
+    if not image:  # dSprites runs have no density panels; each run has figures/traversals.png
+        _grid_figure(spec, results, out_dir / "grid.png")
     (out_dir / "sweep.json").write_text(
         json.dumps({"id": spec.id, "runs": [r.name for r in spec.runs], "seconds": time.perf_counter() - t0}, indent=2)
     )
     failed = [r["name"] for r in rows if r["status"] == "failed"]
-    log(f"[sweep] done in {time.perf_counter() - t0:.1f} s; wrote {out_dir / 'summary.md'} and {out_dir / 'grid.png'}")
+    wrote = f"{out_dir / 'summary.md'}" + ("" if image else f" and {out_dir / 'grid.png'}")
+    log(f"[sweep] done in {time.perf_counter() - t0:.1f} s; wrote {wrote}")
     if failed:
         log(f"[sweep] {len(failed)} run(s) failed: {', '.join(failed)} (see the error lines above)")
     return rows

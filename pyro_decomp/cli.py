@@ -121,10 +121,26 @@ def _cmd_list() -> int:
     return 0
 
 
+_SUMMARY_KEYS = (
+    # pinwheel: how well q(z) matches p(z) on test data
+    "kl_prior_to_aggregate", "kl_aggregate_to_prior", "mmd_rbf", "occupancy_evenness", "nmi", "ari", "overlap",
+    # dSprites: disentanglement scores on the encoder mean
+    "factor_vae_score", "beta_vae_score", "mig", "active_units",
+)  # fmt: skip
+
+
 def _summary_line(metrics: dict) -> str:
     m = metrics.get("measures", {})
-    keys = ("kl_prior_to_aggregate", "kl_aggregate_to_prior", "mmd_rbf", "occupancy_evenness", "nmi", "ari", "overlap")
-    return "  ".join(f"{k}={m[k]:.4g}" for k in keys if isinstance(m.get(k), float))
+    return "  ".join(f"{k}={m[k]:.4g}" for k in _SUMMARY_KEYS if isinstance(m.get(k), (int, float)))
+
+
+def _figure_of(run_dir: Path) -> Path:
+    """The run's main figure: the aggregate posterior (pinwheel) or latent traversals (dSprites)."""
+    figures = run_dir / "figures"
+    for name in ("aggregate_posterior.png", "traversals.png"):
+        if (figures / name).is_file():
+            return figures / name
+    return figures
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -166,7 +182,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         metrics = run_experiment(cfg, run_dir, overwrite=args.overwrite)
     print(f"run {cfg.id} [{cfg.size}] finished: {run_dir}")
     print(f"  {_summary_line(metrics)}")
-    print(f"  figure: {run_dir / 'figures' / 'aggregate_posterior.png'}")
+    print(f"  figure: {_figure_of(run_dir)}")
     return 0
 
 
@@ -197,7 +213,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     metrics = evaluate_run(args.run_dir, device=args.device)
     print(json.dumps({k: metrics.get(k) for k in ("id", "alpha", "beta", "seed")}))
     print(f"  {_summary_line(metrics)}")
-    print(f"  wrote {Path(args.run_dir) / 'metrics.json'}, figures/aggregate_posterior.png, posterior.nc")
+    print(f"  wrote {Path(args.run_dir) / 'metrics.json'} and {_figure_of(Path(args.run_dir))}")
     return 0
 
 

@@ -138,6 +138,27 @@ def sample_codes_and_factors(
     return codes_of_factors(dataset, representation_fn, factors, rng, batch_size), factors
 
 
+def sample_train_test(
+    dataset: GroundTruthDataset,
+    representation_fn: RepresentationFn,
+    num_train: int,
+    num_test: int,
+    random_state: RandomState,
+    batch_size: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.random.Generator]:
+    """Validate the sizes and draw a training then a test set from one generator.
+
+    Returns ``(train_codes, train_factors, test_codes, test_factors, rng)``; ``rng`` continues the stream.
+    """
+    num_train = check_positive_int(num_train, "num_train")
+    num_test = check_positive_int(num_test, "num_test")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    rng = as_generator(random_state)
+    train_codes, train_factors = sample_codes_and_factors(dataset, representation_fn, num_train, rng, batch_size)
+    test_codes, test_factors = sample_codes_and_factors(dataset, representation_fn, num_test, rng, batch_size)
+    return train_codes, train_factors, test_codes, test_factors, rng
+
+
 def histogram_discretize(codes: np.ndarray, num_bins: int = 20) -> np.ndarray:
     """Bin each column of ``codes [num, latent]`` into ``num_bins`` equal-width bins over its range.
 

@@ -32,8 +32,7 @@ from pyro_decomp.metrics._utils import (
     RepresentationFn,
     check_codes_factors,
     check_dataset,
-    check_positive_int,
-    sample_codes_and_factors,
+    sample_train_test,
 )
 
 __all__ = ["compute_dci"]
@@ -53,12 +52,9 @@ def compute_dci(
     :returns: ``{"disentanglement", "completeness", "informativeness_train", "informativeness_test"}``.
     """
     check_dataset(dataset)
-    num_train = check_positive_int(num_train, "num_train")
-    num_test = check_positive_int(num_test, "num_test")
-    batch_size = check_positive_int(batch_size, "batch_size")
-    rng = as_generator(random_state)
-    train_codes, train_factors = sample_codes_and_factors(dataset, representation_fn, num_train, rng, batch_size)
-    test_codes, test_factors = sample_codes_and_factors(dataset, representation_fn, num_test, rng, batch_size)
+    train_codes, train_factors, test_codes, test_factors, rng = sample_train_test(
+        dataset, representation_fn, num_train, num_test, random_state, batch_size
+    )
     return _compute_dci(train_codes, train_factors, test_codes, test_factors, random_state=rng)
 
 

@@ -27,7 +27,7 @@ from pyro_decomp.metrics._utils import (
     check_codes_factors,
     check_dataset,
     check_positive_int,
-    sample_codes_and_factors,
+    sample_train_test,
 )
 
 __all__ = ["compute_downstream", "DEFAULT_TRAIN_SIZES"]
@@ -66,11 +66,9 @@ def compute_downstream(
     """
     check_dataset(dataset)
     sizes, efficiency_sizes = _check_sizes(train_sizes, efficiency_sizes)
-    num_test = check_positive_int(num_test, "num_test")
-    batch_size = check_positive_int(batch_size, "batch_size")
-    rng = as_generator(random_state)
-    train_codes, train_factors = sample_codes_and_factors(dataset, representation_fn, sizes[-1], rng, batch_size)
-    test_codes, test_factors = sample_codes_and_factors(dataset, representation_fn, num_test, rng, batch_size)
+    train_codes, train_factors, test_codes, test_factors, rng = sample_train_test(
+        dataset, representation_fn, sizes[-1], num_test, random_state, batch_size
+    )
     return _compute_downstream(
         train_codes,
         train_factors,

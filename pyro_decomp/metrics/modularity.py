@@ -25,7 +25,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from pyro_decomp.data.ground_truth import GroundTruthDataset, RandomState, as_generator
+from pyro_decomp.data.ground_truth import GroundTruthDataset, RandomState
 from pyro_decomp.metrics._utils import (
     RepresentationFn,
     check_codes_factors,
@@ -34,7 +34,7 @@ from pyro_decomp.metrics._utils import (
     discrete_mutual_info,
     histogram_discretize,
     quiet_convergence,
-    sample_codes_and_factors,
+    sample_train_test,
 )
 
 __all__ = ["compute_modularity_explicitness"]
@@ -55,12 +55,9 @@ def compute_modularity_explicitness(
     :returns: ``{"modularity", "explicitness_train", "explicitness_test"}``.
     """
     check_dataset(dataset)
-    num_train = check_positive_int(num_train, "num_train")
-    num_test = check_positive_int(num_test, "num_test")
-    batch_size = check_positive_int(batch_size, "batch_size")
-    rng = as_generator(random_state)
-    train_codes, train_factors = sample_codes_and_factors(dataset, representation_fn, num_train, rng, batch_size)
-    test_codes, test_factors = sample_codes_and_factors(dataset, representation_fn, num_test, rng, batch_size)
+    train_codes, train_factors, test_codes, test_factors, rng = sample_train_test(
+        dataset, representation_fn, num_train, num_test, random_state, batch_size
+    )
     return _compute_modularity_explicitness(train_codes, train_factors, test_codes, test_factors, num_bins=num_bins)
 
 

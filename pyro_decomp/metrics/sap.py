@@ -23,14 +23,13 @@ from __future__ import annotations
 import numpy as np
 from sklearn.svm import LinearSVC
 
-from pyro_decomp.data.ground_truth import GroundTruthDataset, RandomState, as_generator
+from pyro_decomp.data.ground_truth import GroundTruthDataset, RandomState
 from pyro_decomp.metrics._utils import (
     RepresentationFn,
     check_codes_factors,
     check_dataset,
-    check_positive_int,
     quiet_convergence,
-    sample_codes_and_factors,
+    sample_train_test,
 )
 
 __all__ = ["compute_sap"]
@@ -52,12 +51,9 @@ def compute_sap(
     :returns: ``{"sap": ...}``.
     """
     check_dataset(dataset)
-    num_train = check_positive_int(num_train, "num_train")
-    num_test = check_positive_int(num_test, "num_test")
-    batch_size = check_positive_int(batch_size, "batch_size")
-    rng = as_generator(random_state)
-    train_codes, train_factors = sample_codes_and_factors(dataset, representation_fn, num_train, rng, batch_size)
-    test_codes, test_factors = sample_codes_and_factors(dataset, representation_fn, num_test, rng, batch_size)
+    train_codes, train_factors, test_codes, test_factors, rng = sample_train_test(
+        dataset, representation_fn, num_train, num_test, random_state, batch_size
+    )
     return _compute_sap(train_codes, train_factors, test_codes, test_factors, continuous_factors=continuous_factors)
 
 

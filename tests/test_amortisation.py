@@ -16,63 +16,27 @@ import matplotlib
 import numpy as np
 import pytest
 import torch
+from _linear_gaussian import (
+    POST_COV,
+    AnalyticEncoder,
+    analytic_log_px,
+    data,
+    posterior_mean,
+)
+from _linear_gaussian import linear_vae as _linear_vae
 from matplotlib.figure import Figure
-from torch import nn
 
 from pyro_decomp.analysis import amortisation_report, analyse, analyse_run, load_inference_data, save_report
 from pyro_decomp.analysis.amortisation import fit_local_gaussians, gaussian_w2
 from pyro_decomp.analysis.arviz import sample_posterior_nuts, to_inference_data
 from pyro_decomp.analysis.posterior_plots import plot_aggregate_marginals, plot_encoder_vs_nuts, plot_gaps
-from pyro_decomp.models import VAE, GaussianLikelihood, GaussianMixturePrior, IsotropicGaussianPrior
+from pyro_decomp.models import VAE, GaussianMixturePrior
 
 matplotlib.use("Agg")
 
-SIGMA = 0.5
-_Q, _ = torch.linalg.qr(torch.tensor([[1.0, 0.3], [0.2, -1.0], [0.5, 0.4]]))
-W = _Q * torch.tensor([1.5, 0.8])
-B = torch.tensor([0.3, -0.2, 0.1])
-POST_COV = torch.linalg.inv(torch.eye(2) + W.T @ W / SIGMA**2)  # diag(0.1, 0.2809)
-
-
-def posterior_mean(x: torch.Tensor) -> torch.Tensor:
-    return (x - B) @ W @ POST_COV.T / SIGMA**2
-
-
-def analytic_log_px(x: torch.Tensor) -> np.ndarray:
-    marginal = torch.distributions.MultivariateNormal(B, W @ W.T + SIGMA**2 * torch.eye(3))
-    return marginal.log_prob(x).numpy()
-
-
-class LinearDecoder(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = nn.Linear(2, 3)
-        with torch.no_grad():
-            self.linear.weight.copy_(W)
-            self.linear.bias.copy_(B)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.linear(z)
-
-
-class AnalyticEncoder(nn.Module):
-    def __init__(self, shift: float = 0.0, shrink: float = 1.0) -> None:
-        super().__init__()
-        self.shift, self.shrink = shift, shrink
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        loc = posterior_mean(x) + self.shift
-        return loc, (POST_COV.diagonal().sqrt() * self.shrink).expand_as(loc)
-
 
 def linear_vae(poor: bool = False) -> VAE:
-    encoder = AnalyticEncoder(1.0, 0.3) if poor else AnalyticEncoder()
-    return VAE(IsotropicGaussianPrior(2), LinearDecoder(), GaussianLikelihood(1, scale=SIGMA), encoder)
-
-
-def data(n: int = 4, seed: int = 1) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 2, generator=gen) @ W.T + B + SIGMA * torch.randn(n, 3, generator=gen)
+    return _linear_vae(1.0, 0.3) if poor else _linear_vae()
 
 
 def column(report: dict, key: str) -> np.ndarray:

@@ -12,7 +12,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from torch import nn
+from _linear_gaussian import POST_COV, SIGMA, B, W, data, linear_vae, posterior_mean
 
 from pyro_decomp.analysis import (
     load_inference_data,
@@ -21,51 +21,7 @@ from pyro_decomp.analysis import (
     save_inference_data,
     to_inference_data,
 )
-from pyro_decomp.models import VAE, AnisotropicGaussianPrior, GaussianLikelihood, IsotropicGaussianPrior
-
-SIGMA = 0.5
-_Q, _ = torch.linalg.qr(torch.tensor([[1.0, 0.3], [0.2, -1.0], [0.5, 0.4]]))
-W = _Q * torch.tensor([1.5, 0.8])  # orthogonal columns: WᵀW = diag(2.25, 0.64)
-B = torch.tensor([0.3, -0.2, 0.1])
-POST_COV = torch.linalg.inv(torch.eye(2) + W.T @ W / SIGMA**2)
-
-
-def posterior_mean(x: torch.Tensor) -> torch.Tensor:
-    return (x - B) @ W @ POST_COV.T / SIGMA**2
-
-
-class LinearDecoder(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = nn.Linear(2, 3)
-        with torch.no_grad():
-            self.linear.weight.copy_(W)
-            self.linear.bias.copy_(B)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.linear(z)
-
-
-class AnalyticEncoder(nn.Module):
-    """The exact posterior (shift=0, shrink=1), or a deliberately shifted / overconfident one."""
-
-    def __init__(self, shift: float = 0.0, shrink: float = 1.0) -> None:
-        super().__init__()
-        self.shift, self.shrink = shift, shrink
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        loc = posterior_mean(x) + self.shift
-        return loc, (POST_COV.diagonal().sqrt() * self.shrink).expand_as(loc)
-
-
-def linear_vae(shift: float = 0.0, shrink: float = 1.0, prior=None) -> VAE:
-    prior = IsotropicGaussianPrior(2) if prior is None else prior
-    return VAE(prior, LinearDecoder(), GaussianLikelihood(1, scale=SIGMA), AnalyticEncoder(shift, shrink))
-
-
-def data(n: int = 4, seed: int = 1) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 2, generator=gen) @ W.T + B + SIGMA * torch.randn(n, 3, generator=gen)
+from pyro_decomp.models import AnisotropicGaussianPrior
 
 
 @pytest.fixture(scope="module")

@@ -27,9 +27,7 @@ class Likelihood:
 
     def __init__(self, event_dim: int, *, site: str = "x") -> None:
         if isinstance(event_dim, bool) or not isinstance(event_dim, int) or event_dim < 1:
-            raise ValueError(
-                f"event_dim must be a positive integer (1 for vectors, 3 for images), got {event_dim!r}."
-            )
+            raise ValueError(f"event_dim must be a positive integer (1 for vectors, 3 for images), got {event_dim!r}.")
         self.event_dim = event_dim
         self.site = site
 
@@ -79,36 +77,38 @@ class BernoulliLikelihood(Likelihood):
             )
 
 
-class GaussianLikelihood(Likelihood):
+class _LocationScaleLikelihood(Likelihood):
+    """A location-scale family with a fixed ``scale``, or one the decoder outputs (``scale=None``)."""
+
+    family: type[dist.TorchDistribution]
+
+    def __init__(self, event_dim: int, *, scale: float | None, site: str = "x") -> None:
+        super().__init__(event_dim, site=site)
+        if scale is not None and (not math.isfinite(float(scale)) or float(scale) <= 0):
+            raise ValueError(f"scale must be a positive number or None (learned by the decoder), got {scale!r}.")
+        self.scale = None if scale is None else float(scale)
+
+    def distribution(self, params: torch.Tensor) -> dist.TorchDistribution:
+        loc, scale = self._split(params, self.scale)
+        return self.family(loc, scale, validate_args=False).to_event(self.event_dim)
+
+
+class GaussianLikelihood(_LocationScaleLikelihood):
     """:math:`p(x \\mid z) = \\mathcal N(x; \\mu(z), \\sigma^2)`.
 
     ``scale=None`` (the pinwheel default, paper Table 1b) lets the decoder output the scale as well.
     """
 
+    family = dist.Normal
+
     def __init__(self, event_dim: int = 1, *, scale: float | None = None, site: str = "x") -> None:
-        super().__init__(event_dim, site=site)
-        if scale is not None and (not math.isfinite(float(scale)) or float(scale) <= 0):
-            raise ValueError(
-                f"scale must be a positive number or None (learned by the decoder), got {scale!r}."
-            )
-        self.scale = None if scale is None else float(scale)
-
-    def distribution(self, params: torch.Tensor) -> dist.TorchDistribution:
-        loc, scale = self._split(params, self.scale)
-        return dist.Normal(loc, scale, validate_args=False).to_event(self.event_dim)
+        super().__init__(event_dim, scale=scale, site=site)
 
 
-class LaplaceLikelihood(Likelihood):
+class LaplaceLikelihood(_LocationScaleLikelihood):
     """:math:`p(x \\mid z) = \\mathrm{Laplace}(x; \\mu(z), b)`; Fashion-MNIST uses :math:`b = 0.1` (004 §B)."""
 
-    def __init__(self, event_dim: int = 3, *, scale: float | None = 0.1, site: str = "x") -> None:
-        super().__init__(event_dim, site=site)
-        if scale is not None and (not math.isfinite(float(scale)) or float(scale) <= 0):
-            raise ValueError(
-                f"scale must be a positive number or None (learned by the decoder), got {scale!r}."
-            )
-        self.scale = None if scale is None else float(scale)
+    family = dist.Laplace
 
-    def distribution(self, params: torch.Tensor) -> dist.TorchDistribution:
-        loc, scale = self._split(params, self.scale)
-        return dist.Laplace(loc, scale, validate_args=False).to_event(self.event_dim)
+    def __init__(self, event_dim: int = 3, *, scale: float | None = 0.1, site: str = "x") -> None:
+        super().__init__(event_dim, scale=scale, site=site)

@@ -502,6 +502,9 @@ class DecompositionELBO(ELBO):
         The terms add up: for ``objective="beta"``,
         ``loss = reconstruction + beta * kl + weighted_divergence``, and Theorem 1 reads
         ``reconstruction + beta * kl = reconstruction + annealed_kl - (beta - 1) * entropy - log_F_beta``.
+        For ``objective="entropy"`` (Eq. 5) there is one more key, ``entropy_regulariser``
+        :math:`= \\tfrac12 \\log|S_\\phi(x)|` summed over the data (for Gaussian guides), and
+        ``loss = reconstruction + kl - (beta - 1) * entropy_regulariser + weighted_divergence``.
         """
         with torch.no_grad():
             terms = self._terms(model, guide, args, kwargs, extras=True)

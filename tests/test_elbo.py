@@ -501,3 +501,14 @@ def test_two_models_with_the_same_parameter_names_both_train():
         assert unchanged == []
     # the models keep their own values: nothing was copied from one into the other
     assert not torch.equal(first.prior.variance(), second.prior.variance())
+
+
+def test_entropy_objective_terms_add_up_to_eq5():
+    model, guide, q, _ = _hand_written_gaussian_pair()
+    x = torch.randn(5, 5)
+    beta = 3.0
+    t = DecompositionELBO(beta=beta, objective="entropy").loss_terms(model, guide, x)
+    # Eq. 5: −L_{H,β} = −ELBO − (β−1)/2 log|S|, with ½ log|S| summed over the 5 datapoints in closed form
+    half_log_det = 0.5 * q(x).variance.log().sum().item()
+    assert t["entropy_regulariser"] == pytest.approx(half_log_det, rel=1e-5)
+    assert t["loss"] == pytest.approx(t["reconstruction"] + t["kl"] - (beta - 1) * half_log_det, rel=1e-5)

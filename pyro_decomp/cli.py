@@ -177,7 +177,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     else:
         if not args.experiment:
             raise ValueError("name an experiment (see `pyro-decomp list`) or pass --resume RUN_DIR.")
-        cfg = load_experiment(args.experiment, size=size, overrides=overrides)
+        try:
+            cfg = load_experiment(args.experiment, size=size, overrides=overrides)
+        except ValueError as e:
+            if "unknown experiment" in str(e):
+                raise ValueError(f"{e} Script experiments: {', '.join(SCRIPT_EXPERIMENTS)}.") from None
+            raise
         run_dir = Path(args.out or Path("runs") / cfg.id)
         metrics = run_experiment(cfg, run_dir, overwrite=args.overwrite)
     print(f"run {cfg.id} [{cfg.size}] finished: {run_dir}")

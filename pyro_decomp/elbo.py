@@ -74,6 +74,22 @@ def _unwrap_normal(fn) -> tuple[torch.Tensor, torch.Tensor, int] | None:
     return None
 
 
+def _site_kl(q, p, value: torch.Tensor) -> torch.Tensor:
+    """KL(q ‖ p) per batch element: analytic when torch knows the pair, else log q(z) − log p(z) at ``value``."""
+    try:
+        return kl_divergence(q, p)
+    except NotImplementedError:
+        return q.log_prob(value) - p.log_prob(value)
+
+
+def _site_entropy(q, value: torch.Tensor) -> torch.Tensor:
+    """H[q] per batch element: analytic when available, else the single-sample estimate −log q(z)."""
+    try:
+        return q.entropy()
+    except NotImplementedError:
+        return -q.log_prob(value)
+
+
 class DecompositionELBO(ELBO):
     """The decomposition objective (paper Eq. 7) as a loss for :class:`pyro.infer.SVI`:
 
@@ -238,7 +254,7 @@ class DecompositionELBO(ELBO):
         return name
 
     # ------------------------------------------------------------------ one trace pair
-    def _particle_terms(self, model, guide, args, kwargs, model_trace, guide_trace, beta, alpha, *, extras=False):
+    def _particle_terms(self, model, args, kwargs, model_trace, guide_trace, beta, alpha, *, extras=False):
         """All terms for one (possibly vectorised) trace pair, each already summed over particles."""
         P = self.num_particles if (self.vectorize_particles and self.num_particles > 1) else 1
         log_lik = 0.0
@@ -264,16 +280,10 @@ class DecompositionELBO(ELBO):
                 )
             if name == site_name:
                 latent_model_site = site
-            try:
-                kl_site = kl_divergence(gsite["fn"], site["fn"])
-            except NotImplementedError:
-                kl_site = gsite["fn"].log_prob(gsite["value"]) - site["fn"].log_prob(gsite["value"])
+            kl_site = _site_kl(gsite["fn"], site["fn"], gsite["value"])
             kl = kl + scale_and_mask(kl_site, gsite["scale"], gsite["mask"]).sum()
             if self.objective == "entropy" or extras:
-                try:
-                    h = gsite["fn"].entropy()
-                except NotImplementedError:
-                    h = -gsite["fn"].log_prob(gsite["value"])
+                h = _site_entropy(gsite["fn"], gsite["value"])
                 entropy = entropy + scale_and_mask(h, gsite["scale"], gsite["mask"]).sum()
                 d = gsite["fn"].event_shape.numel()
                 entropy_const = (
@@ -399,10 +409,7 @@ class DecompositionELBO(ELBO):
                 loc, scale, _ = normal
                 event_dims = len(site["fn"].event_shape)
                 f_beta = pyro.distributions.Normal(loc, scale / math.sqrt(beta)).to_event(event_dims)
-                try:
-                    akl = kl_divergence(gsite["fn"], f_beta)
-                except NotImplementedError:
-                    akl = gsite["fn"].log_prob(gsite["value"]) - f_beta.log_prob(gsite["value"])
+                akl = _site_kl(gsite["fn"], f_beta, gsite["value"])
                 var = scale.square()
                 lf = gaussian_log_normaliser(var.reshape(var.shape[: var.dim() - event_dims] + (-1,)), beta)
             elif beta > 0:
@@ -412,14 +419,8 @@ class DecompositionELBO(ELBO):
                 else:
                     lf = self._log_F_importance(site["fn"], beta)
                 # KL(q ‖ f_β) = β KL(q ‖ p) + (β - 1) H[q] + log F_β   (Theorem 1 rearranged)
-                try:
-                    kl_site = kl_divergence(gsite["fn"], site["fn"])
-                except NotImplementedError:
-                    kl_site = gsite["fn"].log_prob(gsite["value"]) - site["fn"].log_prob(gsite["value"])
-                try:
-                    h = gsite["fn"].entropy()
-                except NotImplementedError:
-                    h = -gsite["fn"].log_prob(gsite["value"])
+                kl_site = _site_kl(gsite["fn"], site["fn"], gsite["value"])
+                h = _site_entropy(gsite["fn"], gsite["value"])
                 akl = beta * kl_site + (beta - 1.0) * h + lf
             else:
                 nan = torch.full(gsite["fn"].batch_shape, math.nan)
@@ -450,9 +451,7 @@ class DecompositionELBO(ELBO):
         n_traces = 0
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
             n_traces += 1
-            terms = self._particle_terms(
-                model, guide, args, kwargs, model_trace, guide_trace, beta, alpha, extras=extras
-            )
+            terms = self._particle_terms(model, args, kwargs, model_trace, guide_trace, beta, alpha, extras=extras)
             for k, v in terms.items():
                 total[k] = total[k] + v if k in total else v
         if n_traces > 1:

@@ -52,11 +52,10 @@ import time
 from collections.abc import Callable
 
 import pyro
-
-import pyro_decomp
 import torch
 import torch.nn.functional as F
 
+import pyro_decomp
 from pyro_decomp import DecompositionELBO
 from pyro_decomp.divergences import InclusiveKL
 from pyro_decomp.models.likelihoods import BernoulliLikelihood, GaussianLikelihood
@@ -156,6 +155,21 @@ def _svi_stepper(vae, loss, optim: str) -> Callable[[torch.Tensor], float]:
 
 
 # ------------------------------------------------------------------------------------------ workloads
+def _check_agreement(name: str, elbo, vae, baseline, x: torch.Tensor) -> None:
+    """Both losses agree at the same weights and RNG state, or the timing would compare different work."""
+    elbo.loss(vae.model, vae.guide, x)  # a first call may guess max_plate_nesting
+    pyro.set_rng_seed(123)
+    ours = elbo.differentiable_loss(vae.model, vae.guide, x).item()
+    pyro.set_rng_seed(123)
+    theirs = baseline.loss(x).item()
+    print(
+        f"{name} loss check: DecompositionELBO {ours:.6f}  hand-written {theirs:.6f}  "
+        f"rel.diff {abs(ours - theirs) / abs(theirs):.1e}"
+    )
+    if not math.isclose(ours, theirs, rel_tol=1e-4):
+        raise SystemExit(f"{name}: the hand-written baseline and DecompositionELBO disagree")
+
+
 def _copy_nets(encoder, decoder, device):
     return copy.deepcopy(encoder).to(device), copy.deepcopy(decoder).to(device)
 
@@ -172,18 +186,7 @@ def pinwheel(args, device):
     elbo = DecompositionELBO(beta=beta, alpha=alpha, divergence=InclusiveKL(num_prior_samples=M))
     baseline = PinwheelBaseline(*base_nets, vae.prior, beta, alpha, M)
 
-    # the two losses agree at the same weights and RNG (a first call guesses max_plate_nesting)
-    elbo.loss(vae.model, vae.guide, x)
-    pyro.set_rng_seed(123)
-    ours = elbo.differentiable_loss(vae.model, vae.guide, x).item()
-    pyro.set_rng_seed(123)
-    theirs = baseline.loss(x).item()
-    print(
-        f"pinwheel loss check: DecompositionELBO {ours:.6f}  hand-written {theirs:.6f}  "
-        f"rel.diff {abs(ours - theirs) / abs(theirs):.1e}"
-    )
-    if not math.isclose(ours, theirs, rel_tol=1e-4):
-        raise SystemExit("pinwheel: the hand-written baseline and DecompositionELBO disagree")
+    _check_agreement("pinwheel", elbo, vae, baseline, x)
 
     variants = {
         "pinwheel (α=3, InclusiveKL)": (_torch_stepper(baseline), _svi_stepper(vae, elbo, args.optim)),
@@ -212,17 +215,7 @@ def shapes(args, device):
     beta = 4.0
     elbo = DecompositionELBO(beta=beta)
     baseline = ShapesBaseline(*base_nets, beta)
-    elbo.loss(vae.model, vae.guide, x)
-    pyro.set_rng_seed(123)
-    ours = elbo.differentiable_loss(vae.model, vae.guide, x).item()
-    pyro.set_rng_seed(123)
-    theirs = baseline.loss(x).item()
-    print(
-        f"shapes loss check: DecompositionELBO {ours:.4f}  hand-written {theirs:.4f}  "
-        f"rel.diff {abs(ours - theirs) / abs(theirs):.1e}"
-    )
-    if not math.isclose(ours, theirs, rel_tol=1e-4):
-        raise SystemExit("shapes: the hand-written baseline and DecompositionELBO disagree")
+    _check_agreement("shapes", elbo, vae, baseline, x)
     variants = {"shapes (β-VAE β=4)": (_torch_stepper(baseline), _svi_stepper(vae, elbo, args.optim))}
     if args.reference:
         ref_base = _torch_stepper(ShapesBaseline(*_copy_nets(encoder, decoder, device), 1.0))

@@ -16,11 +16,16 @@ On the CPU a run interrupted and resumed ends with parameters bit-identical to a
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import pickle
 import random
+import re
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -40,6 +45,8 @@ __all__ = [
     "CheckpointError",
     "NonFiniteLossError",
     "Trainer",
+    "TrainingInterrupted",
+    "clean_stale_temp_files",
     "get_rng_state",
     "latest_checkpoint",
     "load_checkpoint",
@@ -57,12 +64,28 @@ class CheckpointError(ValueError):
 
 
 class NonFiniteLossError(RuntimeError):
-    """A loss term became NaN or infinite during training."""
+    """A loss term, a parameter or an optimiser moment became NaN or infinite during training.
+
+    ``term`` names the loss term, or ``"parameters"`` when the guard before a checkpoint found a
+    non-finite parameter or Adam moment (then no checkpoint was written).
+    """
 
     def __init__(self, message: str, *, term: str, step: int) -> None:
         super().__init__(message)
         self.term = term
         self.step = step
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :meth:`Trainer.fit`: the current step was finished and checkpointed (if possible).
+
+    ``str()`` is a one-line message naming the step, the checkpoint and the command that continues.
+    """
+
+    def __init__(self, message: str, *, step: int, checkpoint: Path | None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.checkpoint = checkpoint
 
 
 # ---------------------------------------------------------------------------------------------- device
@@ -130,11 +153,20 @@ def _load_raw(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise
-    except Exception as e:  # truncated zip, bad pickle, disallowed global: all mean "unusable file"
+    except pickle.UnpicklingError as e:
+        if "unsupported global" not in str(e).lower():
+            raise CheckpointError(_corrupt_message(path, e)) from None
+        # torch's weights_only unpickler refused a global (a class or function to call): the file asks to
+        # run code on load. pyro-decomp writes tensors and plain containers only, so this file is not ours.
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f" (it asks to load {found.group(1)})" if found else ""
         raise CheckpointError(
-            f"checkpoint {str(path)!r} is corrupt or truncated ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
-            f"Resume from an earlier checkpoint{_earlier_hint(path)}, or start the run afresh."
+            f"checkpoint {str(path)!r} was refused as unsafe: it holds objects other than tensors and plain "
+            f"containers{what}, which pyro-decomp never writes, so it was not loaded. Do not load it by other "
+            f"means; resume from an earlier checkpoint{_earlier_hint(path)}, or start the run afresh."
         ) from None
+    except Exception as e:  # truncated zip, bad pickle: an unusable file
+        raise CheckpointError(_corrupt_message(path, e)) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{str(path)!r} is not a pyro-decomp checkpoint of format {CHECKPOINT_FORMAT}. "
@@ -146,6 +178,19 @@ def _load_raw(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     return state
 
 
+def _corrupt_message(path: Path, e: Exception) -> str:
+    # only the first line of torch's message, and never its advice to turn off weights_only
+    detail = next((ln for ln in str(e).splitlines() if ln.strip()), "")[:200]
+    if not detail:
+        detail = "the file is empty" if path.is_file() and path.stat().st_size == 0 else "unexpected end of file"
+    if "weights_only" in detail or "weights only" in detail.lower():
+        detail = "not a readable torch checkpoint"
+    return (
+        f"checkpoint {str(path)!r} is corrupt or truncated ({type(e).__name__}: {detail}). "
+        f"Resume from an earlier checkpoint{_earlier_hint(path)}, or start the run afresh."
+    )
+
+
 def _earlier_hint(path: Path) -> str:
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     others = sorted((run_dir / "checkpoints").glob("step_*.pt")) if (run_dir / "checkpoints").is_dir() else []
@@ -155,8 +200,15 @@ def _earlier_hint(path: Path) -> str:
     return f" (e.g. --resume {others[-1]})"
 
 
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
 def save_checkpoint(state: Mapping[str, Any], path: str | Path, *, verify: bool = True) -> Path:
-    """Atomically write ``state`` to ``path``: temporary file, fsync, read-back check, :func:`os.replace`."""
+    """Atomically write ``state`` to ``path``: temporary file, fsync, read-back check, :func:`os.replace`.
+
+    :raises OSError: with ``errno.ENOSPC`` and a one-line message naming ``path`` when the disk is full;
+        the file already at ``path`` is then untouched.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -168,10 +220,55 @@ def save_checkpoint(state: Mapping[str, Any], path: str | Path, *, verify: bool 
         if verify:
             _load_raw(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno not in _NO_SPACE:
+            raise
+        kept = f"the previous {path.name} is kept" if path.is_file() else f"no {path.name} was written"
+        raise OSError(
+            e.errno,
+            f"the disk is full (no space left on device): could not write checkpoint {str(path)!r}; {kept}. "
+            "Free some space, then continue with --resume.",
+        ) from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # keep the original error; a stale temp file is cleaned when the run next starts
     return path
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists but belongs to someone else (or we cannot tell): leave its files alone
+    return True
+
+
+_TEMP_RE = re.compile(r"^\..+\.pt\.(\d+)\.tmp$")
+
+
+def clean_stale_temp_files(run_dir: str | Path) -> list[Path]:
+    """Delete the ``.<name>.pt.<pid>.tmp`` files that a killed process left in ``run_dir`` (and its
+    ``checkpoints/``), those of processes no longer alive; returns the deleted paths."""
+    run_dir = Path(run_dir)
+    removed = []
+    for folder in (run_dir, run_dir / "checkpoints"):
+        if not folder.is_dir():
+            continue
+        for f in folder.iterdir():
+            m = _TEMP_RE.match(f.name)
+            if m and f.is_file() and not _pid_alive(int(m.group(1))):
+                try:
+                    f.unlink()
+                    removed.append(f)
+                except OSError:
+                    pass
+    return removed
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
@@ -288,11 +385,15 @@ class Trainer:
         self.config = dict(config or {})
         self.callbacks = list(callbacks)
         # one fused Adam over all parameters; same semantics and checkpoint format as pyro.optim.Adam
-        self.optim: PyroOptim = FusedAdam({"lr": float(lr), "betas": tuple(float(b) for b in adam_betas)})
+        self.lr = float(lr)
+        self.optim: PyroOptim = FusedAdam({"lr": self.lr, "betas": tuple(float(b) for b in adam_betas)})
         self.svi = SVI(model, guide, self.optim, loss=elbo)
         self.step = 0
         self.last_terms: dict[str, float] = {}
         self._params_checked = False
+        # the last checkpoint written or loaded here, (path, step): where to continue after a divergence
+        self._saved: tuple[Path, int] | None = None
+        self._stop_requested = False  # set by the SIGINT handler: finish the step, checkpoint, stop
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -327,19 +428,65 @@ class Trainer:
         self.step = int(state["step"])
 
     def save(self) -> Path:
-        """Write ``checkpoints/step_<step>.pt`` and ``checkpoint.pt`` (latest), pruning old step files."""
+        """Write ``checkpoints/step_<step>.pt`` and ``checkpoint.pt`` (latest), pruning old step files.
+
+        :raises NonFiniteLossError: (``term="parameters"``) when a parameter or an Adam moment is NaN or
+            infinite; nothing is written, so the latest checkpoint stays a good one.
+        """
         state = self.state_dict()
+        self._check_state_finite(state)
         ckpt_dir = self.run_dir / "checkpoints"
         save_checkpoint(state, ckpt_dir / f"step_{self.step:08d}.pt")
         path = save_checkpoint(state, self.run_dir / CHECKPOINT_NAME, verify=False)
+        self._saved = (path, self.step)
         for old in sorted(ckpt_dir.glob("step_*.pt"))[: -self.keep_checkpoints]:
             old.unlink()
         return path
 
+    def _check_state_finite(self, state: Mapping[str, Any]) -> None:
+        """The loss guard sees the parameters *before* an update; this sees them after it.
+
+        A step whose loss was finite can still write NaN into the parameters (a huge learning rate), and
+        the next step's loss would only reveal it after that state had been checkpointed.
+        """
+        bad = [
+            f"parameter {name!r}"
+            for name, v in state["module"].items()
+            if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+        ]
+        for name, entry in state["optimizer"].items():
+            for per in (entry.get("state") or {}).values() if isinstance(entry, Mapping) else ():
+                for k, v in per.items():
+                    if k != "step" and torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                        bad.append(f"the Adam {k} of {name!r}")
+        if bad:
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise NonFiniteLossError(
+                f"training diverged: {bad[0]}{more} became non-finite in the update of step {self.step}, so that "
+                f"step's checkpoint was not written; {self._last_good()}",
+                term="parameters",
+                step=self.step,
+            )
+
+    def _last_good(self) -> str:
+        """Where to continue from after a divergence (one sentence)."""
+        lower = f"train.lr={self.lr / 10:g}"
+        ckpt, at = (self._saved[0], f" (step {self._saved[1]})") if self._saved else (latest_checkpoint(self.run_dir), "")
+        if ckpt is None or not ckpt.is_file():
+            return f"no checkpoint was written yet. Start the run again with a lower learning rate (e.g. {lower})."
+        return (
+            f"the last good checkpoint is {str(ckpt)!r}{at}. Continue from it with a lower learning rate: "
+            f"pyro-decomp run --resume {ckpt} {lower} (or check the data and the model for NaNs)."
+        )
+
     def resume(self, path: str | Path | None = None) -> int:
         """Load ``path`` (a checkpoint or run dir; default: this run dir). Returns the step reached."""
-        state = load_checkpoint(self.run_dir if path is None else path, map_location="cpu")
+        path = Path(self.run_dir if path is None else path)
+        if path.is_dir():
+            path = latest_checkpoint(path) or path  # load_checkpoint names the missing checkpoint
+        state = load_checkpoint(path, map_location="cpu")
         self.load_state_dict(state)
+        self._saved = (path, self.step)
         self._truncate_log(self.step)
         return self.step
 
@@ -396,15 +543,55 @@ class Trainer:
     def _check_finite(self, step: int, terms: Mapping[str, float]) -> None:
         bad = [k for k in (*LOSS_TERMS[1:], LOSS_TERMS[0]) if k in terms and not math.isfinite(terms[k])]
         if bad:
-            ckpt = latest_checkpoint(self.run_dir)
-            where = f"the last good checkpoint is {str(ckpt)!r}" if ckpt else "no checkpoint was written yet"
             raise NonFiniteLossError(
                 f"training diverged: the {bad[0]} term is {terms[bad[0]]} at step {step}"
                 + (f" (also non-finite: {', '.join(bad[1:])})" if len(bad) > 1 else "")
-                + f"; {where}. Lower train.lr, or check the data and the model for NaNs.",
+                + f"; {self._last_good()}",
                 term=bad[0],
                 step=step,
             )
+
+    # ------------------------------------------------------------------ Ctrl-C
+    def _install_sigint(self) -> Any:
+        """First Ctrl-C: finish the current step, checkpoint, stop. Second Ctrl-C: stop at once.
+
+        Only from the main thread and over Python's default handler (not over an application's own).
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is not signal.default_int_handler:
+            return None
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True  # no printing here: the signal may land inside a write to stderr
+
+        signal.signal(signal.SIGINT, handler)
+        return previous
+
+    @staticmethod
+    def _restore_sigint(previous: Any) -> None:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+    def _interrupted(self, saved: Path | None, in_step: bool) -> TrainingInterrupted:
+        resume = f"pyro-decomp run --resume {self.run_dir}"
+        if saved is not None:
+            msg = f"interrupted after step {self.step}; saved {str(saved)!r}. Continue with: {resume}"
+        else:
+            last = self._saved or (None, None)
+            where = (
+                f"the latest checkpoint is {str(last[0])!r} (step {last[1]})"
+                if last[0] is not None
+                else "no checkpoint was written yet"
+            )
+            why = "inside a step (second Ctrl-C)" if in_step else f"at step {self.step}"
+            msg = f"interrupted {why}; nothing new was saved and {where}."
+            if last[0] is not None:
+                msg += f" Continue with: {resume}"
+        return TrainingInterrupted(msg, step=self.step, checkpoint=saved or (self._saved[0] if self._saved else None))
 
     def fit(self, *, resume: bool | str | Path = False) -> dict[str, Any]:
         """Train up to ``steps``; return ``{"step", "terms", "seconds"}``.
@@ -414,12 +601,14 @@ class Trainer:
         Pyro's global param store is cleared first (training owns it), so the module's own tensors are
         the ones optimised.
         """
+        clean_stale_temp_files(self.run_dir)
         if resume:
             self.resume(None if resume is True else resume)
         elif self.step == 0:
             # a stale entry under the same name (an earlier model in this process) would shadow the
             # module's parameters: pyro.module hands SVI the stored tensor instead of the module's
             pyro.clear_param_store()
+            self._truncate_log(0)  # lines of an earlier attempt that stopped before its first checkpoint
         start = self.step
         self.run_dir.mkdir(parents=True, exist_ok=True)
         jsonl, tb = self._open_writers(start)
@@ -430,6 +619,8 @@ class Trainer:
             bar = tqdm(total=self.steps, initial=start, desc="train", dynamic_ncols=True, leave=True)
         t0 = time.perf_counter()
         in_step = False
+        self._stop_requested = False
+        previous_handler = self._install_sigint()
         try:
             with pyro.validation_enabled(self.validate):
                 while self.step < self.steps:
@@ -458,25 +649,36 @@ class Trainer:
                         self.save()
                     for cb in self.callbacks:
                         cb(self, self.step, terms)
+                    if self._stop_requested and self.step < self.steps:
+                        raise KeyboardInterrupt
             if self.step > start or latest_checkpoint(self.run_dir) is None:
                 self.save()
-        except KeyboardInterrupt:
+            if self._stop_requested:  # Ctrl-C during the last step: training is complete and saved
+                raise TrainingInterrupted(
+                    f"interrupted after the last step ({self.step}), which was saved; evaluate the run with: "
+                    f"pyro-decomp eval {self.run_dir}",
+                    step=self.step,
+                    checkpoint=self._saved[0] if self._saved else None,
+                )
+        except KeyboardInterrupt as e:
+            if isinstance(e, TrainingInterrupted):
+                raise
             # a clean stop: keep the work done so far (the state after `self.step` complete steps);
-            # not when the interrupt landed inside svi.step, where parameters may be half-updated
-            if (
-                not in_step
-                and self.step > start
-                and self.step % self.checkpoint_every != 0
-                and math.isfinite(self.last_terms.get("loss", math.nan))
-            ):
-                self.save()
-            raise
+            # not when a second Ctrl-C landed inside svi.step, where parameters may be half-updated
+            saved = None
+            if not in_step and self.step > start and self._saved is not None and self._saved[1] == self.step:
+                saved = self._saved[0]  # this step was just checkpointed
+            elif not in_step and self.step > start and math.isfinite(self.last_terms.get("loss", math.nan)):
+                jsonl.flush()
+                saved = self.save()
+            raise self._interrupted(saved, in_step) from None
         finally:
-            jsonl.close()
-            if tb is not None:
-                tb.close()
-            if bar is not None:
-                bar.close()
+            self._restore_sigint(previous_handler)
+            for closer in (jsonl.close, *((tb.close,) if tb is not None else ()), *((bar.close,) if bar else ())):
+                try:
+                    closer()
+                except OSError:
+                    pass  # e.g. a full disk on the final flush: the error being raised already says so
         return {"step": self.step, "terms": dict(self.last_terms), "seconds": time.perf_counter() - t0}
 
 

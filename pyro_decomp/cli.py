@@ -17,6 +17,7 @@ Bad input (unknown experiment or key, invalid value, missing or corrupt file) pr
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from collections.abc import Sequence
@@ -28,11 +29,24 @@ EXIT_USAGE = 2
 EXIT_FAILED = 1
 
 
+def _version() -> str:
+    """The installed distribution's version (package metadata), else the source tree's ``__version__``."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("pyro-decomp")
+    except metadata.PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyro-decomp",
         description="Decomposed VAE experiments (Mathieu et al. 2019) on Pyro: run, sweep, evaluate.",
     )
+    parser.add_argument("--version", action="version", version=f"pyro-decomp {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="{run,sweep,eval,analyse,list}")
     sub.required = True
 
@@ -96,7 +110,7 @@ def _cmd_run_script(args: argparse.Namespace) -> int:
     size = "smoke" if args.smoke else (args.size or "paper")
     if size not in APPC_SIZES:
         raise ValueError(f"unknown size {size!r} for {args.experiment}; choose one of {sorted(APPC_SIZES)}.")
-    out = Path(args.out or Path("runs") / args.experiment)
+    out = _out_dir(args.out) or Path("runs") / args.experiment
     result = run_appc_bias(out, size=size)
     print(f"run {args.experiment} [{size}] finished: {out}")
     print(f"  wrote {out / 'appc_bias.json'} and {out / 'figures' / 'appc_bias.png'}")
@@ -143,6 +157,15 @@ def _figure_of(run_dir: Path) -> Path:
     return figures
 
 
+def _out_dir(value: str | None) -> Path | None:
+    """``--out``: ``None`` when not given; an empty or blank value is an error, not the default."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise ValueError(f"--out is empty ({value!r}); name a directory, or leave --out out for the default.")
+    return Path(value)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .config import apply_overrides, config_from_dict, config_to_dict, load_experiment, parse_overrides
     from .runner import load_run_config, run_experiment
@@ -158,14 +181,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.no_progress:
         overrides["train.progress"] = False
     size = "smoke" if args.smoke else args.size
-    if args.resume:
+    out = _out_dir(args.out)
+    if args.resume is not None:
+        if not args.resume.strip():
+            raise ValueError("--resume is empty; name a run directory (or one of its checkpoint .pt files).")
+        if args.overwrite:
+            raise ValueError("--resume continues a run and --overwrite discards it; pass only one of them.")
         run_dir, resume = Path(args.resume), True
         if run_dir.is_file():  # a specific checkpoint: RUN_DIR/checkpoint.pt or RUN_DIR/checkpoints/step_*.pt
+            if run_dir.suffix != ".pt":
+                raise ValueError(
+                    f"--resume takes a run directory or a checkpoint .pt file, not {str(run_dir)!r}."
+                )
             resume = run_dir
             run_dir = run_dir.parent.parent if run_dir.parent.name == "checkpoints" else run_dir.parent
         elif not run_dir.is_dir():
             raise FileNotFoundError(f"cannot resume: {str(run_dir)!r} does not exist.")
-        if args.out and Path(args.out) != run_dir:
+        if out is not None and out.resolve() != run_dir.resolve():
             raise ValueError("--resume continues RUN_DIR in place; do not also pass a different --out.")
         if size:
             raise ValueError("--smoke/--size cannot change a resumed run; override single keys instead.")
@@ -183,7 +215,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             if "unknown experiment" in str(e):
                 raise ValueError(f"{e} Script experiments: {', '.join(SCRIPT_EXPERIMENTS)}.") from None
             raise
-        run_dir = Path(args.out or Path("runs") / cfg.id)
+        run_dir = out if out is not None else Path("runs") / cfg.id
         metrics = run_experiment(cfg, run_dir, overwrite=args.overwrite)
     print(f"run {cfg.id} [{cfg.size}] finished: {run_dir}")
     print(f"  {_summary_line(metrics)}")
@@ -196,8 +228,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from .experiments.sweep import run_sweep
 
     overrides = parse_overrides(args.overrides)
+    out = _out_dir(args.out)
     sweep_id = load_yaml(find_experiment(args.sweep)).get("id", Path(args.sweep).stem)
-    out = Path(args.out or Path("runs") / str(sweep_id))
+    out = out if out is not None else Path("runs") / str(sweep_id)
     rows = run_sweep(
         args.sweep,
         out,
@@ -228,7 +261,18 @@ def _cmd_analyse(args: argparse.Namespace) -> int:
 
     if args.nuts < 0:
         raise ValueError(f"--nuts must be >= 0, got {args.nuts}.")
-    out = Path(args.out) if args.out else Path(args.run_dir) / "analysis"
+    run_dir = Path(args.run_dir)
+    out = _out_dir(args.out)
+    out = out if out is not None else run_dir / "analysis"
+    # analyse writes posterior.nc and figures/*.png, which would replace a run's own results
+    holds_run = (out / "config.yaml").is_file() or (out / "checkpoint.pt").is_file()
+    if (out.exists() and run_dir.exists() and out.resolve() == run_dir.resolve()) or holds_run:
+        raise ValueError(
+            f"--out {str(out)!r} is a run directory; analyse would replace its posterior.nc and figures. "
+            f"Leave --out out (the default is {str(run_dir / 'analysis')!r}) or choose another directory."
+        )
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file, not a directory.")
     written = analyse_run(args.run_dir, nuts_datapoints=args.nuts, out_dir=out, load=load_run)
     for path in written.values() if isinstance(written, dict) else written:
         print(f"  wrote {path}")
@@ -245,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = list(args.overrides) + extra
-    from .train import NonFiniteLossError
+    from .train import NonFiniteLossError, TrainingInterrupted
 
     try:
         if args.command == "list":
@@ -258,15 +302,68 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_analyse(args)
         return _cmd_eval(args)
     except NonFiniteLossError as e:
-        print(f"pyro-decomp: error: {e}", file=sys.stderr)
+        print(f"pyro-decomp: error: {_one_line(str(e))}", file=sys.stderr)
         return EXIT_FAILED
     except (ValueError, TypeError, OSError) as e:  # OSError: missing/existing files, permissions, full disk
-        msg = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.strerror}: {e.filename}"
-        print(f"pyro-decomp: error: {msg}", file=sys.stderr)
+        msg = _os_error_message(e) if isinstance(e, OSError) else str(e)
+        print(f"pyro-decomp: error: {_one_line(msg)}", file=sys.stderr)
         return EXIT_USAGE
+    except MemoryError:
+        print(f"pyro-decomp: error: {_OUT_OF_MEMORY}", file=sys.stderr)
+        return EXIT_USAGE
+    except RuntimeError as e:
+        if not _is_out_of_memory(e):
+            raise  # a bug: keep the traceback
+        print(f"pyro-decomp: error: {_OUT_OF_MEMORY}", file=sys.stderr)
+        return EXIT_USAGE
+    except TrainingInterrupted as e:
+        print(f"pyro-decomp: {_one_line(str(e))}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("pyro-decomp: interrupted (the latest checkpoint was kept; continue with --resume)", file=sys.stderr)
         return 130
+
+
+_OUT_OF_MEMORY = (
+    "out of memory: the config asks for more memory than this machine has; lower the sizes "
+    "(model.hidden_dim, model.latent_dim, data.*, train.batch_size, model.num_particles)."
+)
+
+
+def _is_out_of_memory(e: RuntimeError) -> bool:
+    text = str(e).lower()
+    return type(e).__name__ == "OutOfMemoryError" or "can't allocate memory" in text or "out of memory" in text
+
+
+def _one_line(message: str, limit: int = 2000) -> str:
+    """The first non-empty line of ``message`` (the CLI promises one line), at most ``limit`` characters."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    first = lines[0] if lines else "unknown error"
+    if len(first) > limit:
+        first = first[:limit] + " ..."
+    return first
+
+
+def _os_error_message(e: OSError) -> str:
+    """A one-line reason for a failed file operation, naming the path and what to do."""
+    full = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+    if e.errno in full:
+        if e.strerror and "disk is full" in e.strerror:
+            return e.strerror  # already names the file (a checkpoint write)
+        where = f" while writing {str(e.filename)!r}" if e.filename else ""
+        return f"the disk is full (no space left on device){where}. Free some space, then continue with --resume."
+    if e.filename is not None and e.strerror:
+        hints = {
+            errno.EEXIST: "; a file is in the way where a directory is needed",
+            errno.ENOTDIR: "; a part of that path is a file, not a directory",
+            errno.EISDIR: "; it is a directory, a file was expected",
+            errno.EACCES: "; check the permissions or choose another directory",
+            errno.EROFS: "; the file system is read-only, choose another directory",
+        }
+        return f"{e.strerror}: {str(e.filename)!r}{hints.get(e.errno, '')}."
+    if e.errno is not None and e.strerror:
+        return e.strerror  # OSError(errno, message) raised with our own message
+    return str(e)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import copy
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -265,12 +266,26 @@ def _section_types(cls: type) -> dict[str, Any]:
 _SECTIONS = {f.name: f.type for f in dataclasses.fields(ExperimentConfig)}
 
 
+_MAX_SEED = 2**32 - 1
+# an id names the default run directory runs/<id>, so it must be one plain path component
+_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=,@-]*$")
+
+
+def _check_id(value: str) -> None:
+    if not _ID_RE.match(value) or ".." in value or len(value) > 200:
+        raise ConfigError(
+            f"id: {value!r} is not a valid run id; use letters, digits and - _ . (no '/', no '..', not empty), "
+            "e.g. id=my-run. It names the run directory runs/<id>."
+        )
+
+
 def _check_ranges(cfg: ExperimentConfig) -> None:
     def need(cond: bool, key: str, msg: str) -> None:
         if not cond:
             raise ConfigError(f"{key}: {msg}")
 
     t, m, d, p, e = cfg.train, cfg.model, cfg.data, cfg.prior, cfg.eval
+    _check_id(cfg.id)
     need(t.steps >= 0, "train.steps", f"must be >= 0, got {t.steps}.")
     need(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}.")
     need(len(t.adam_betas) == 2 and all(0 <= b < 1 for b in t.adam_betas), "train.adam_betas",
@@ -279,7 +294,9 @@ def _check_ranges(cfg: ExperimentConfig) -> None:
     need(t.checkpoint_every >= 1, "train.checkpoint_every", f"must be >= 1, got {t.checkpoint_every}.")
     need(t.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be >= 1, got {t.keep_checkpoints}.")
     need(t.log_every >= 1, "train.log_every", f"must be >= 1, got {t.log_every}.")
-    need(t.seed >= 0, "train.seed", "must be >= 0.")
+    for key, seed in (("train.seed", t.seed), ("data.seed", d.seed), ("eval.seed", e.seed)):
+        # numpy's global generator (seeded from train.seed) takes 32-bit seeds; torch's takes 64-bit ones
+        need(0 <= seed <= _MAX_SEED, key, f"must be an integer in [0, 2**32 - 1] = [0, {_MAX_SEED}], got {seed}.")
     need(t.threads is None or t.threads >= 1, "train.threads", "must be >= 1 or null.")
     need(m.beta >= 0, "model.beta", f"must be >= 0, got {m.beta}.")
     need(m.alpha >= 0, "model.alpha", f"must be >= 0, got {m.alpha}.")
@@ -293,7 +310,6 @@ def _check_ranges(cfg: ExperimentConfig) -> None:
     need(m.num_prior_samples is None or m.num_prior_samples >= 2, "model.num_prior_samples", "must be >= 2 or null.")
     need(d.arms >= 1 and d.per_arm >= 1 and d.test_per_arm >= 1, "data", "arms, per_arm, test_per_arm must be >= 1.")
     need(min(d.radial_std, d.tangential_std, d.rate) >= 0, "data", "radial_std, tangential_std, rate must be >= 0.")
-    need(d.seed >= 0, "data.seed", "must be >= 0.")
     need(p.variance > 0, "prior.variance", "must be > 0.")
     need(p.n_components >= 1, "prior.n_components", "must be >= 1.")
     need(e.num_samples >= 2, "eval.num_samples", "must be >= 2.")
@@ -429,10 +445,22 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e}).") from None
+        raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(e)}).") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (not UTF-8); expected a YAML mapping.") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a YAML file.") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a YAML mapping at the top level, got {type(data).__name__}.")
     return data
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one line: what is wrong and where (1-based line and column)."""
+    problem = getattr(e, "problem", None) or getattr(e, "context", None) or str(e).splitlines()[0]
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return " ".join(f"{problem}{where}".split())
 
 
 def _experiments_dir() -> Path:
@@ -495,6 +523,17 @@ def load_experiment(
     spec = load_yaml(path)
     if "grid" in spec or "base" in spec:
         raise ConfigError(f"{path.stem!r} is a sweep; run it with `pyro-decomp sweep {name}`.")
+    if "config" not in spec and "size" in spec and set(spec) <= set(_SECTIONS):
+        # a run's resolved config.yaml: run it again as it was, plus the user's overrides
+        if size is not None and size != spec.get("size"):
+            raise ConfigError(
+                f"{path} is a run's resolved config (size {spec.get('size')!r}); --smoke/--size do not apply to "
+                "it. Override single keys instead (e.g. train.steps=100)."
+            )
+        try:
+            return config_from_dict(apply_overrides(spec, dict(overrides or {})))
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
     unknown = set(spec) - set(_EXPERIMENT_KEYS)
     if unknown:
         bad = sorted(unknown)[0]

@@ -29,7 +29,16 @@ import pyro
 import torch
 
 from .config import ConfigError, ExperimentConfig, config_from_dict, config_to_dict, load_yaml, save_config
-from .train import CHECKPOINT_NAME, Trainer, latest_checkpoint, load_checkpoint, resolve_device
+from .train import (
+    CHECKPOINT_NAME,
+    CheckpointError,
+    Trainer,
+    latest_checkpoint,
+    load_checkpoint,
+    load_module_state,
+    nonfinite_parameters,
+    resolve_device,
+)
 
 __all__ = [
     "Experiment",
@@ -222,7 +231,12 @@ def load_run_config(run_dir: str | Path) -> ExperimentConfig:
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{str(run_dir)!r} is not a run directory: it has no config.yaml.")
-    return config_from_dict(load_yaml(path))
+    try:
+        return config_from_dict(load_yaml(path))
+    except ConfigError as e:
+        if str(e).startswith(str(path)):
+            raise
+        raise ConfigError(f"{path}: {e}") from None
 
 
 def _make_trainer(exp: Experiment, run_dir: Path, *, progress: bool | None, callbacks=()) -> Trainer:
@@ -274,28 +288,38 @@ def run_experiment(
     if overwrite and resume:
         raise ValueError("pass either resume or overwrite, not both.")
     resolve_device(cfg.train.device)  # fail before touching the run directory
+    check_run_dir(run_dir)
     has_run = latest_checkpoint(run_dir) is not None
-    if has_run and not resume:
-        if not overwrite:
-            raise FileExistsError(
-                f"{str(run_dir)!r} already holds a run; pass --resume {run_dir} to continue it, "
-                "--overwrite to start afresh, or choose another --out."
-            )
-        for name in ("checkpoints", "logs", "figures"):
-            shutil.rmtree(run_dir / name, ignore_errors=True)
-        for name in (CHECKPOINT_NAME, "metrics.json", "posterior.nc", "config.yaml"):
-            (run_dir / name).unlink(missing_ok=True)
-    if resume is True and latest_checkpoint(run_dir) is None:
-        raise FileNotFoundError(f"cannot resume: {str(run_dir)!r} holds no checkpoint.")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    if has_run and not resume and not overwrite:
+        raise FileExistsError(
+            f"{str(run_dir)!r} already holds a run; pass --resume {run_dir} to continue it, "
+            "--overwrite to start afresh, or choose another --out."
+        )
+    if resume is True and not has_run:
+        raise FileNotFoundError(_no_checkpoint_message(run_dir, "resume"))
     threads = torch.get_num_threads()
     if cfg.train.threads is not None:
         torch.set_num_threads(cfg.train.threads)
     try:
+        # everything that can refuse the new config (data files, the checkpoint's shapes, the step count)
+        # runs before the first write: a refused --resume or --overwrite leaves the run as it was
         exp = build_experiment(cfg)
         trainer = _make_trainer(exp, run_dir, progress=progress, callbacks=callbacks)
-        result = trainer.fit(resume=resume)
+        if resume:
+            path = latest_checkpoint(run_dir) if resume is True else Path(resume)
+            state = load_checkpoint(path)
+            if int(state["step"]) > cfg.train.steps:
+                raise ValueError(
+                    f"cannot resume: {str(path)!r} is already at step {int(state['step'])}, past "
+                    f"train.steps={cfg.train.steps}; nothing to train. Pass train.steps greater than "
+                    f"{int(state['step'])} to train further, or re-evaluate with: pyro-decomp eval {run_dir}"
+                )
+            trainer.resume(path, state=state)  # CheckpointError when the model does not fit
+        elif overwrite and has_run:
+            _clear_run(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        result = trainer.fit()
         if not evaluate:
             return {"train": result}
         return evaluate_experiment(exp, run_dir, train_seconds=result["seconds"])
@@ -303,14 +327,62 @@ def run_experiment(
         torch.set_num_threads(threads)
 
 
+# what a run writes (and --overwrite removes); other files in the directory are left alone
+_RUN_DIRS = ("checkpoints", "logs", "figures", "analysis")
+_RUN_FILES = (CHECKPOINT_NAME, "metrics.json", "posterior.nc", "config.yaml")
+
+
+def _clear_run(run_dir: Path) -> None:
+    for name in _RUN_DIRS:
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+    for name in _RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def check_run_dir(run_dir: str | Path) -> None:
+    """A run directory must be a directory (or not exist yet) under directories: one-line errors otherwise."""
+    run_dir = Path(run_dir)
+    if str(run_dir).strip() == "":
+        raise ValueError("the run directory is empty; name a directory, e.g. --out runs/my-run.")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"{str(run_dir)!r} is a file, not a directory; choose a directory for the run (--out).")
+    for parent in run_dir.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"cannot create the run directory {str(run_dir)!r}: {str(parent)!r} is a file.")
+
+
+def _no_checkpoint_message(run_dir: Path, action: str) -> str:
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        return f"cannot {action}: {str(run_dir)!r} is not a run directory: it has no config.yaml and no checkpoint."
+    return (
+        f"cannot {action}: {str(run_dir)!r} holds no checkpoint (the run stopped before its first one, so "
+        f"nothing was lost). Start it again from its saved config: pyro-decomp run {config} --out {run_dir}"
+    )
+
+
 def _restore_run(run_dir: str | Path, *, device: str = "cpu") -> Experiment:
     """Rebuild the experiment of ``run_dir`` from its config.yaml and load its latest checkpoint."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{str(run_dir)!r} is not a run directory: it does not exist or is a file.")
     cfg = load_run_config(run_dir)
+    device = resolve_device(device)
+    path = latest_checkpoint(run_dir)
+    if path is None:
+        raise FileNotFoundError(_no_checkpoint_message(run_dir, "evaluate"))
+    state = load_checkpoint(path)
+    bad = nonfinite_parameters(state["module"])
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds non-finite parameters ({bad[0]!r}"
+            + (f" and {len(bad) - 1} more" if len(bad) > 1 else "")
+            + "), so the run cannot be evaluated; it diverged. Resume an earlier checkpoint with a lower "
+            "train.lr, or start the run afresh."
+        )
     exp = build_experiment(cfg)
-    state = load_checkpoint(run_dir)
-    exp.vae.load_state_dict(state["module"])
-    exp.vae.to(resolve_device(device))
+    load_module_state(exp.vae, state["module"], path)
+    exp.vae.to(device)
     if hasattr(exp.elbo, "load_state_dict"):
         exp.elbo.load_state_dict(state["elbo"])
     return exp

@@ -50,6 +50,8 @@ __all__ = [
     "get_rng_state",
     "latest_checkpoint",
     "load_checkpoint",
+    "load_module_state",
+    "nonfinite_parameters",
     "resolve_device",
     "save_checkpoint",
     "set_rng_state",
@@ -223,7 +225,7 @@ def save_checkpoint(state: Mapping[str, Any], path: str | Path, *, verify: bool 
     except OSError as e:
         if e.errno not in _NO_SPACE:
             raise
-        kept = f"the previous {path.name} is kept" if path.is_file() else f"no {path.name} was written"
+        kept = f"the previous {path.name} is untouched" if path.is_file() else "earlier checkpoints are untouched"
         raise OSError(
             e.errno,
             f"the disk is full (no space left on device): could not write checkpoint {str(path)!r}; {kept}. "
@@ -287,6 +289,47 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist.")
     return _load_raw(path, map_location)
+
+
+def load_module_state(module: torch.nn.Module, state: Mapping[str, Any], path: str | Path | None = None) -> None:
+    """``module.load_state_dict(state)`` with a one-line :class:`CheckpointError` when they do not fit.
+
+    The message names the first parameter whose shape differs (or that is missing or unexpected), which
+    says which config key changed (e.g. ``model.hidden_dim``).
+    """
+    own = module.state_dict()
+    where = f"checkpoint {str(path)!r}" if path is not None else "the checkpoint"
+    problem = None
+    for name, value in state.items():
+        if name not in own:
+            problem = f"it has {name!r}, which this model lacks"
+        elif torch.is_tensor(value) and tuple(value.shape) != tuple(own[name].shape):
+            problem = f"{name!r} has shape {list(value.shape)} there and {list(own[name].shape)} here"
+        if problem:
+            break
+    if problem is None:
+        missing = [n for n in own if n not in state]
+        if missing:
+            problem = f"it lacks {missing[0]!r}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+    if problem is None:
+        try:
+            module.load_state_dict(state)
+            return
+        except RuntimeError as e:
+            problem = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), str(e).splitlines()[0])
+    raise CheckpointError(
+        f"{where} does not fit the model of this config: {problem}. It was written with different model or "
+        "data settings; keep those as they were (only keys such as train.steps or train.lr may change)."
+    )
+
+
+def nonfinite_parameters(state: Mapping[str, Any]) -> list[str]:
+    """Names of the floating-point tensors in a ``state_dict`` that hold a NaN or an infinity."""
+    return [
+        name
+        for name, v in state.items()
+        if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -412,13 +455,7 @@ class Trainer:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict`. Clears Pyro's param store so the module's values are used."""
         pyro.clear_param_store()
-        try:
-            self.module.load_state_dict(state["module"])
-        except RuntimeError as e:
-            raise CheckpointError(
-                f"the checkpoint's parameters do not fit this model ({str(e).splitlines()[0]}); "
-                "was it written by a run with a different config?"
-            ) from None
+        load_module_state(self.module, state["module"])
         self.module.to(self.device)
         # torch's Optimizer.load_state_dict moves the moments to each parameter's device itself
         self.optim.set_state(state["optimizer"])
@@ -449,11 +486,7 @@ class Trainer:
         A step whose loss was finite can still write NaN into the parameters (a huge learning rate), and
         the next step's loss would only reveal it after that state had been checkpointed.
         """
-        bad = [
-            f"parameter {name!r}"
-            for name, v in state["module"].items()
-            if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())
-        ]
+        bad = [f"parameter {name!r}" for name in nonfinite_parameters(state["module"])]
         for name, entry in state["optimizer"].items():
             for per in (entry.get("state") or {}).values() if isinstance(entry, Mapping) else ():
                 for k, v in per.items():
@@ -463,28 +496,56 @@ class Trainer:
             more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
             raise NonFiniteLossError(
                 f"training diverged: {bad[0]}{more} became non-finite in the update of step {self.step}, so that "
-                f"step's checkpoint was not written; {self._last_good()}",
+                f"step's checkpoint was not written; {self._last_good(self.step)}",
                 term="parameters",
                 step=self.step,
             )
 
-    def _last_good(self) -> str:
-        """Where to continue from after a divergence (one sentence)."""
+    def _last_good(self, bad_step: int) -> str:
+        """Where to continue from after step ``bad_step`` diverged (one sentence).
+
+        The state that step started from (``bad_step - 1``) gave a non-finite loss or gradient, and
+        restoring it restores the same random draws, so it would diverge again at any learning rate.
+        The newest checkpoint *before* it (``<= bad_step - 2``) holds a state whose step was finite,
+        and a lower learning rate then changes the update that went wrong.
+        """
         lower = f"train.lr={self.lr / 10:g}"
-        ckpt, at = (self._saved[0], f" (step {self._saved[1]})") if self._saved else (latest_checkpoint(self.run_dir), "")
-        if ckpt is None or not ckpt.is_file():
+        limit = bad_step - 2
+        found: list[tuple[int, Path]] = []
+        if self._saved is not None and self._saved[0].is_file():
+            found.append((self._saved[1], self._saved[0]))
+        ckpt_dir = self.run_dir / "checkpoints"
+        for f in sorted(ckpt_dir.glob("step_*.pt")) if ckpt_dir.is_dir() else []:
+            m = re.fullmatch(r"step_(\d+)\.pt", f.name)
+            if m:
+                found.append((int(m.group(1)), f))
+        good = [(st, f) for st, f in found if st <= limit]
+        if not good:
+            if found:
+                newest = max(found, key=lambda t: t[0])
+                return (
+                    f"no checkpoint from before step {max(limit, 0)} is left (the newest, {str(newest[1])!r} at "
+                    f"step {newest[0]}, is where the diverging step started, so it would diverge again). Start "
+                    f"the run again with a lower learning rate (e.g. {lower}), or raise train.keep_checkpoints."
+                )
             return f"no checkpoint was written yet. Start the run again with a lower learning rate (e.g. {lower})."
+        # prefer the name --resume uses by default when it is the same state
+        step, path = max(good, key=lambda t: (t[0], t[1].name == CHECKPOINT_NAME))
         return (
-            f"the last good checkpoint is {str(ckpt)!r}{at}. Continue from it with a lower learning rate: "
-            f"pyro-decomp run --resume {ckpt} {lower} (or check the data and the model for NaNs)."
+            f"the last good checkpoint is {str(path)!r} (step {step}). Continue from it with a lower learning "
+            f"rate: pyro-decomp run --resume {path} {lower} (or check the data and the model for NaNs)."
         )
 
-    def resume(self, path: str | Path | None = None) -> int:
-        """Load ``path`` (a checkpoint or run dir; default: this run dir). Returns the step reached."""
+    def resume(self, path: str | Path | None = None, *, state: Mapping[str, Any] | None = None) -> int:
+        """Load ``path`` (a checkpoint or run dir; default: this run dir). Returns the step reached.
+
+        :param state: the checkpoint already loaded from ``path`` (saves reading it twice).
+        """
         path = Path(self.run_dir if path is None else path)
         if path.is_dir():
             path = latest_checkpoint(path) or path  # load_checkpoint names the missing checkpoint
-        state = load_checkpoint(path, map_location="cpu")
+        if state is None:
+            state = load_checkpoint(path, map_location="cpu")
         self.load_state_dict(state)
         self._saved = (path, self.step)
         self._truncate_log(self.step)
@@ -546,7 +607,7 @@ class Trainer:
             raise NonFiniteLossError(
                 f"training diverged: the {bad[0]} term is {terms[bad[0]]} at step {step}"
                 + (f" (also non-finite: {', '.join(bad[1:])})" if len(bad) > 1 else "")
-                + f"; {self._last_good()}",
+                + f"; {self._last_good(step)}",
                 term=bad[0],
                 step=step,
             )
@@ -611,6 +672,10 @@ class Trainer:
             self._truncate_log(0)  # lines of an earlier attempt that stopped before its first checkpoint
         start = self.step
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if start == 0:
+            # the initial state: a run killed or diverging before its first periodic checkpoint can still
+            # be resumed (at a lower learning rate) instead of being lost
+            self.save()
         jsonl, tb = self._open_writers(start)
         bar = None
         if self.progress:
@@ -651,7 +716,7 @@ class Trainer:
                         cb(self, self.step, terms)
                     if self._stop_requested and self.step < self.steps:
                         raise KeyboardInterrupt
-            if self.step > start or latest_checkpoint(self.run_dir) is None:
+            if self.step > start:
                 self.save()
             if self._stop_requested:  # Ctrl-C during the last step: training is complete and saved
                 raise TrainingInterrupted(

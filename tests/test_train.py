@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,6 +20,7 @@ from pyro_decomp.train import (
     CheckpointError,
     NonFiniteLossError,
     Trainer,
+    TrainingInterrupted,
     load_checkpoint,
     save_checkpoint,
 )
@@ -84,17 +92,134 @@ def test_every_parameter_is_trained_and_logged(tmp_path):
 
 def test_nan_guard_names_term_and_step_and_keeps_checkpoint(tmp_path):
     def poison(trainer, step, terms):
-        if step == 5:
+        if step == 7:
             with torch.no_grad():
                 trainer.module.decoder.net[0].weight.fill_(float("nan"))
 
     _, trainer = _trainer(tmp_path, 20, callbacks=[poison], **{"train.checkpoint_every": 5})
-    with pytest.raises(NonFiniteLossError, match=r"the reconstruction term is nan at step 6.*checkpoint.pt") as info:
+    # step 8 starts from the poisoned state of step 7; the last good checkpoint is the one before it
+    with pytest.raises(
+        NonFiniteLossError, match=r"the reconstruction term is nan at step 8.*checkpoint\.pt' \(step 5\)"
+    ) as info:
         trainer.fit()
-    assert (info.value.term, info.value.step) == ("reconstruction", 6)
+    assert (info.value.term, info.value.step) == ("reconstruction", 8)
     state = load_checkpoint(tmp_path)
     assert state["step"] == 5
     assert all(torch.isfinite(v).all() for v in state["module"].values())
+
+
+def _lr100(tmp_path, **over):
+    # lr=100 on the pinwheel: step 1's update is finite, step 2's gradient overflows and the update
+    # writes NaN into the parameters and Adam's second moment, while step 2's loss is still finite
+    return _trainer(tmp_path, 300, **{"train.lr": 100.0, "train.checkpoint_every": 1, **over})
+
+
+def test_no_checkpoint_holds_non_finite_parameters(tmp_path):
+    _, trainer = _lr100(tmp_path)
+    with pytest.raises(NonFiniteLossError, match=r"became non-finite in the update of step 2") as info:
+        trainer.fit()
+    assert info.value.term == "parameters"
+    # every checkpoint on disk is finite, parameters and optimiser state alike
+    files = [tmp_path / "checkpoint.pt", *sorted((tmp_path / "checkpoints").glob("step_*.pt"))]
+    assert [f.name for f in files] == ["checkpoint.pt", "step_00000000.pt", "step_00000001.pt"]
+    for f in files:
+        state = load_checkpoint(f)
+        tensors = list(state["module"].values()) + [
+            v for entry in state["optimizer"].values() for per in entry["state"].values() for v in per.values()
+        ]
+        assert all(torch.isfinite(t).all() for t in tensors if torch.is_tensor(t)), f
+    # the message names a checkpoint from before the diverging step (not step 1, whose gradient overflows)
+    named = re.search(r"the last good checkpoint is '([^']+)' \(step (\d+)\)", str(info.value))
+    assert named and named.group(2) == "0", str(info.value)
+    assert "pyro-decomp run --resume" in str(info.value) and "train.lr=10" in str(info.value)
+    # ... and it resumes to a finite run at a lower learning rate
+    _, resumed = _trainer(tmp_path, 30, **{"train.lr": 1e-3, "train.checkpoint_every": 10})
+    result = resumed.fit(resume=named.group(1))
+    assert result["step"] == 30 and math.isfinite(result["terms"]["loss"])
+    assert all(torch.isfinite(v).all() for v in load_checkpoint(tmp_path)["module"].values())
+
+
+def test_ctrl_c_inside_a_step_finishes_it_saves_and_resumes_exactly(tmp_path):
+    exp_a, full = _trainer(tmp_path / "a", 20, **{"train.checkpoint_every": 10})
+    full.fit()
+    reference = {k: v.clone() for k, v in exp_a.vae.state_dict().items()}
+
+    _, first = _trainer(tmp_path / "b", 20, **{"train.checkpoint_every": 10})
+    step = first.svi.step
+
+    def interrupted_step(*args, **kwargs):
+        if first.step == 12:  # a real SIGINT, delivered while step 13 is running
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(*args, **kwargs)
+
+    first.svi.step = interrupted_step
+    with pytest.raises(TrainingInterrupted, match=r"interrupted after step 13; saved .*checkpoint\.pt.*--resume"):
+        first.fit()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert load_checkpoint(tmp_path / "b")["step"] == 13
+    exp_c, resumed = _trainer(tmp_path / "b", 20, **{"train.checkpoint_every": 10})
+    assert resumed.fit(resume=True)["step"] == 20
+    for k, v in exp_c.vae.state_dict().items():
+        assert torch.equal(v, reference[k]), k
+
+
+def test_second_ctrl_c_aborts_the_step_and_saves_nothing(tmp_path):
+    _, trainer = _trainer(tmp_path, 20, **{"train.checkpoint_every": 10})
+    step = trainer.svi.step
+
+    def twice(*args, **kwargs):
+        if trainer.step == 12:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # the second one raises inside the step
+        return step(*args, **kwargs)
+
+    trainer.svi.step = twice
+    with pytest.raises(TrainingInterrupted, match=r"inside a step.*step 10"):
+        trainer.fit()
+    assert load_checkpoint(tmp_path)["step"] == 10
+
+
+def test_full_disk_names_the_file_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    _, trainer = _trainer(tmp_path, 20, **{"train.checkpoint_every": 10})
+    real_save = torch.save
+
+    def save_until_full(obj, f, *a, **k):
+        if obj["step"] >= 20:
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", save_until_full)
+    with pytest.raises(OSError, match=r"the disk is full.*step_00000020\.pt'; earlier checkpoints are untouched") as info:
+        trainer.fit()
+    assert info.value.errno == errno.ENOSPC
+    assert load_checkpoint(tmp_path)["step"] == 10  # the previous checkpoint survives, loadable
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_unsafe_checkpoint_is_refused_as_unsafe(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"format": 1, "step": 1, "module": Payload()}, path)
+    with pytest.raises(CheckpointError, match=r"refused as unsafe.*system") as info:
+        load_checkpoint(path)
+    assert "corrupt" not in str(info.value) and "weights_only" not in str(info.value)
+
+
+def test_stale_temp_files_of_dead_processes_are_removed(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(proc.stdout)  # a process that has exited
+    (tmp_path / "checkpoints").mkdir()
+    stale = [tmp_path / f".checkpoint.pt.{dead}.tmp", tmp_path / "checkpoints" / f".step_00000010.pt.{dead}.tmp"]
+    live = tmp_path / f".checkpoint.pt.{os.getppid()}.tmp"  # the test runner's parent is alive
+    for f in (*stale, live):
+        f.write_bytes(b"x" * 100)
+    _, trainer = _trainer(tmp_path, 2)
+    trainer.fit()
+    assert not any(f.exists() for f in stale) and live.exists()
 
 
 def test_checkpoint_loads_with_weights_only(tmp_path):

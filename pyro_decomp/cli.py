@@ -245,9 +245,22 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return EXIT_FAILED if any(r["status"] == "failed" for r in rows) else 0
 
 
+def _existing_run_dir(value: str) -> Path:
+    """The RUN_DIR argument of eval/analyse: an existing directory (its contents are checked on loading)."""
+    path = Path(value)
+    if not value.strip():
+        raise ValueError("the run directory is empty; name a run directory, e.g. runs/fig3-pinwheel.")
+    if not path.exists():
+        raise FileNotFoundError(f"{value!r} is not a run directory: it does not exist.")
+    if not path.is_dir():
+        raise ValueError(f"{value!r} is not a run directory: it is a file.")
+    return path
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .runner import evaluate_run
 
+    _existing_run_dir(args.run_dir)
     metrics = evaluate_run(args.run_dir, device=args.device)
     print(json.dumps({k: metrics.get(k) for k in ("id", "alpha", "beta", "seed")}))
     print(f"  {_summary_line(metrics)}")
@@ -261,8 +274,8 @@ def _cmd_analyse(args: argparse.Namespace) -> int:
 
     if args.nuts < 0:
         raise ValueError(f"--nuts must be >= 0, got {args.nuts}.")
-    run_dir = Path(args.run_dir)
     out = _out_dir(args.out)
+    run_dir = _existing_run_dir(args.run_dir)
     out = out if out is not None else run_dir / "analysis"
     # analyse writes posterior.nc and figures/*.png, which would replace a run's own results
     holds_run = (out / "config.yaml").is_file() or (out / "checkpoint.pt").is_file()

@@ -344,6 +344,8 @@ def _check_ranges(cfg: ExperimentConfig) -> None:
              f"data.name={d.name} needs the pinwheel networks, got {m.networks!r}.")  # fmt: skip
         need(m.likelihood == "gaussian", "model.likelihood",
              f"data.name={d.name} needs the gaussian likelihood, got {m.likelihood!r}.")  # fmt: skip
+        need(d.npz is None, "data.npz",
+             f"is only read for data.name=dsprites; data.name={d.name} is generated, so remove data.npz.")  # fmt: skip
 
 
 def config_from_dict(raw: Mapping[str, Any]) -> ExperimentConfig:

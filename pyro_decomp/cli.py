@@ -10,8 +10,11 @@ Examples::
     pyro-decomp sweep fig3-pinwheel-grid --executor ray --address auto
     pyro-decomp eval runs/fig3-pinwheel
 
-Bad input (unknown experiment or key, invalid value, missing or corrupt file) prints one line
-``pyro-decomp: error: ...`` and exits with status 2; a diverged run exits with status 1.
+Bad input (unknown experiment or key, invalid value, missing, corrupt or unsafe file, a full disk,
+too little memory) prints one line ``pyro-decomp: error: ...`` and exits with status 2, having changed
+nothing in the run directory; a diverged run exits with status 1 and names the checkpoint to resume
+from. Ctrl-C finishes the current step, saves it and exits with status 130 (a second Ctrl-C stops
+at once). ``pyro-decomp --version`` prints the version.
 """
 
 from __future__ import annotations

@@ -490,7 +490,8 @@ class Trainer:
         for name, entry in state["optimizer"].items():
             for per in (entry.get("state") or {}).values() if isinstance(entry, Mapping) else ():
                 for k, v in per.items():
-                    if k != "step" and torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                    finite = not (torch.is_tensor(v) and v.is_floating_point()) or bool(torch.isfinite(v).all())
+                    if k != "step" and not finite:
                         bad.append(f"the Adam {k} of {name!r}")
         if bad:
             more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""

@@ -179,7 +179,7 @@ def test_analyse_refuses_to_write_into_a_run(run, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["run", "fig3-pinwheel", "train.seed=99999999999999999999"], "train.seed: must be an integer in [0, 2**32 - 1]"),
+        (["run", "fig3-pinwheel", "train.seed=99999999999999999999"], "train.seed: must be an integer in [0, 2**32"),
         (["run", "fig3-pinwheel", "eval.seed=-1"], "eval.seed: must be an integer in"),
         (["run", "fig3-pinwheel", "id=../../evil"], "id: '../../evil' is not a valid run id"),
         (["run", "fig3-pinwheel", "id="], "id: '' is not a valid run id"),

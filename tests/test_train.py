@@ -190,7 +190,8 @@ def test_full_disk_names_the_file_and_keeps_the_previous_checkpoint(tmp_path, mo
         return real_save(obj, f, *a, **k)
 
     monkeypatch.setattr(torch, "save", save_until_full)
-    with pytest.raises(OSError, match=r"the disk is full.*step_00000020\.pt'; earlier checkpoints are untouched") as info:
+    full = r"the disk is full.*step_00000020\.pt'; earlier checkpoints are untouched"
+    with pytest.raises(OSError, match=full) as info:
         trainer.fit()
     assert info.value.errno == errno.ENOSPC
     assert load_checkpoint(tmp_path)["step"] == 10  # the previous checkpoint survives, loadable

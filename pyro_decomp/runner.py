@@ -314,8 +314,9 @@ def run_experiment(
                     f"train.steps={cfg.train.steps}; nothing to train. Pass train.steps greater than "
                     f"{int(state['step'])} to train further, or re-evaluate with: pyro-decomp eval {run_dir}"
                 )
+            _refuse_nonfinite(state, path)
             trainer.resume(path, state=state)  # CheckpointError when the model does not fit
-        elif overwrite and has_run:
+        elif overwrite:
             _clear_run(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
@@ -351,6 +352,18 @@ def check_run_dir(run_dir: str | Path) -> None:
             raise ValueError(f"cannot create the run directory {str(run_dir)!r}: {str(parent)!r} is a file.")
 
 
+def _refuse_nonfinite(state: Mapping[str, Any], path: Path) -> None:
+    """Checkpoints written since the guard before each save are finite; older ones may not be."""
+    bad = nonfinite_parameters(state["module"])
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds non-finite parameters ({bad[0]!r}"
+            + (f" and {len(bad) - 1} more" if len(bad) > 1 else "")
+            + "): the run diverged before it was written. Resume an earlier checkpoint (checkpoints/step_*.pt) "
+            "with a lower train.lr, or start the run afresh."
+        )
+
+
 def _no_checkpoint_message(run_dir: Path, action: str) -> str:
     config = run_dir / "config.yaml"
     if not config.is_file():
@@ -372,14 +385,7 @@ def _restore_run(run_dir: str | Path, *, device: str = "cpu") -> Experiment:
     if path is None:
         raise FileNotFoundError(_no_checkpoint_message(run_dir, "evaluate"))
     state = load_checkpoint(path)
-    bad = nonfinite_parameters(state["module"])
-    if bad:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} holds non-finite parameters ({bad[0]!r}"
-            + (f" and {len(bad) - 1} more" if len(bad) > 1 else "")
-            + "), so the run cannot be evaluated; it diverged. Resume an earlier checkpoint with a lower "
-            "train.lr, or start the run afresh."
-        )
+    _refuse_nonfinite(state, path)
     exp = build_experiment(cfg)
     load_module_state(exp.vae, state["module"], path)
     exp.vae.to(device)

@@ -103,6 +103,10 @@ def test_eval_of_a_mismatched_or_nan_checkpoint_is_one_line(run, capsys):
     torch.save(state, run / "checkpoint.pt")
     assert main(["eval", str(run)]) == 2
     assert "non-finite parameters ('decoder.net.0.weight')" in _one_line_error(capsys)
+    before = _snapshot(run)
+    assert main(["run", "--resume", str(run), "train.steps=30"]) == 2  # a NaN checkpoint of an older version
+    assert "non-finite parameters" in _one_line_error(capsys)
+    assert _snapshot(run) == before
 
 
 def test_eval_and_analyse_of_damaged_run_dirs(run, tmp_path, capsys):

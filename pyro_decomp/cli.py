@@ -234,6 +234,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     out = _out_dir(args.out)
     sweep_id = load_yaml(find_experiment(args.sweep)).get("id", Path(args.sweep).stem)
     out = out if out is not None else Path("runs") / str(sweep_id)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file, not a directory; choose a directory for the sweep.")
     rows = run_sweep(
         args.sweep,
         out,

@@ -230,6 +230,11 @@ def load_run_config(run_dir: str | Path) -> ExperimentConfig:
     run_dir = Path(run_dir)
     path = run_dir / "config.yaml"
     if not path.is_file():
+        if latest_checkpoint(run_dir) is not None:
+            raise FileNotFoundError(
+                f"{str(run_dir)!r} has a checkpoint but no config.yaml, which is needed to rebuild its model; "
+                "put the run's config.yaml back (it was written when the run started)."
+            )
         raise FileNotFoundError(f"{str(run_dir)!r} is not a run directory: it has no config.yaml.")
     try:
         return config_from_dict(load_yaml(path))

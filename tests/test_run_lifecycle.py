@@ -125,7 +125,7 @@ def test_eval_and_analyse_of_damaged_run_dirs(run, tmp_path, capsys):
     assert "config.yaml: not valid YAML" in _one_line_error(capsys)
     (run / "config.yaml").unlink()
     assert main(["eval", str(run)]) == 2
-    assert "has no config.yaml" in _one_line_error(capsys)
+    assert "has a checkpoint but no config.yaml" in _one_line_error(capsys)
 
 
 def test_run_without_checkpoint_says_how_to_start_again(run, capsys):
@@ -192,12 +192,13 @@ def test_analyse_refuses_to_write_into_a_run(run, capsys):
         (["run", "fig3-pinwheel", "--out", "afile/run"], "'afile' is a file"),
         (["analyse", "x", "--out", ""], "--out is empty"),
         (["sweep", "fig3-pinwheel-grid", "--out", " "], "--out is empty"),
+        (["sweep", "fig3-pinwheel-grid", "--out", "afile"], "--out 'afile' is a file"),
         (["run", "bad.yaml"], "bad.yaml: not valid YAML (expected ',' or '}'"),
         (["run", "--resume", "afile"], "--resume takes a run directory or a checkpoint .pt file"),
         (["run", "--resume", ""], "--resume is empty"),
     ],
     ids=["seed", "eval-seed", "id-escape", "id-empty", "out-empty", "out-file", "out-under-file", "analyse-out",
-         "sweep-out", "yaml", "resume-file", "resume-empty"],  # fmt: skip
+         "sweep-out", "sweep-out-file", "yaml", "resume-file", "resume-empty"],  # fmt: skip
 )
 def test_more_bad_input_is_one_line(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -239,7 +240,12 @@ def test_ctrl_c_from_the_terminal_saves_the_step_and_names_the_resume_command(tm
     while not (log.is_file() and len(log.read_text().splitlines()) >= 5) and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # the interrupt did not stop it: do not leave it running
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 130, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "Continue with: pyro-decomp run --resume run" in err

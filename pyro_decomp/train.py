@@ -10,8 +10,12 @@ A checkpoint is a ``torch.save`` of plain tensors and containers only, so it loa
 * ``step``, ``config``, ``format``.
 
 Checkpoints are written to a temporary file, read back, and then moved into place with
-:func:`os.replace`, so a crash or a full disk never leaves a half-written file where a good one was.
-On the CPU a run interrupted and resumed ends with parameters bit-identical to an uninterrupted run.
+:func:`os.replace`, so a crash or a full disk never leaves a half-written file where a good one was
+(temporary files of killed processes are deleted when a run next starts). A fresh run checkpoints its
+initial state (step 0), and no checkpoint is written whose parameters or Adam moments hold a NaN or an
+infinity. Ctrl-C finishes the current step, checkpoints it and raises :class:`TrainingInterrupted`; a
+second Ctrl-C stops at once. On the CPU a run interrupted and resumed ends with parameters
+bit-identical to an uninterrupted run.
 """
 
 from __future__ import annotations

@@ -461,12 +461,29 @@ class Trainer:
         pyro.clear_param_store()
         load_module_state(self.module, state["module"])
         self.module.to(self.device)
-        # torch's Optimizer.load_state_dict moves the moments to each parameter's device itself
-        self.optim.set_state(state["optimizer"])
-        if hasattr(self.elbo, "load_state_dict"):
-            self.elbo.load_state_dict(state["elbo"])
-        set_rng_state(state["rng"])
-        self.step = int(state["step"])
+        part = "optimizer"
+        try:
+            # torch's Optimizer.load_state_dict moves the moments to each parameter's device itself
+            if not isinstance(state["optimizer"], Mapping):
+                raise TypeError("not a mapping")
+            self.optim.set_state(state["optimizer"])
+            part = "elbo"
+            if hasattr(self.elbo, "load_state_dict"):
+                self.elbo.load_state_dict(state["elbo"])
+            part = "rng"
+            set_rng_state(state["rng"])
+            part = "step"
+            step = int(state["step"])
+            if step < 0:
+                raise ValueError(f"negative step {step}")
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+            # a well-formed file whose contents were not written by this Trainer (edited or foreign)
+            raise CheckpointError(
+                f"the checkpoint's {part!r} entry cannot be restored ({type(e).__name__}: "
+                f"{(str(e).splitlines() or [''])[0][:200]}); the file is damaged or not from a pyro-decomp run. "
+                "Resume from an earlier checkpoint, or start the run afresh."
+            ) from None
+        self.step = step
 
     def save(self) -> Path:
         """Write ``checkpoints/step_<step>.pt`` and ``checkpoint.pt`` (latest), pruning old step files.

@@ -304,3 +304,14 @@ def test_cuda_placement_and_cpu_checkpoint(tmp_path):
     assert all(not v.is_cuda for v in state["module"].values())
     _, resumed = _trainer(tmp_path, 5, **{"train.device": "cuda"})
     assert resumed.fit(resume=True)["step"] == 5
+
+
+@pytest.mark.parametrize("part", ["rng", "elbo", "step"])
+def test_damaged_checkpoint_entries_give_a_checkpoint_error(tmp_path, part):
+    _, trainer = _trainer(tmp_path, 2)
+    trainer.fit()
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    state[part] = {"rng": {"torch": 3}, "elbo": [1, 2], "step": "many"}[part]
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match=rf"checkpoint's '{part}' entry cannot be restored"):
+        _trainer(tmp_path, 4)[1].fit(resume=True)

@@ -326,6 +326,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = _os_error_message(e) if isinstance(e, OSError) else str(e)
         print(f"pyro-decomp: error: {_one_line(msg)}", file=sys.stderr)
         return EXIT_USAGE
+    except OverflowError as e:
+        msg = f"a number in the config is too large ({_one_line(str(e))}); lower it."
+        print(f"pyro-decomp: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
     except MemoryError:
         print(f"pyro-decomp: error: {_OUT_OF_MEMORY}", file=sys.stderr)
         return EXIT_USAGE

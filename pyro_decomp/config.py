@@ -239,6 +239,9 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     if tp is int:
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
             raise ConfigError(f"{key}: expected an integer, got {value!r}.")
+        if abs(int(value)) > _MAX_INT:
+            # torch sizes and counters are 64-bit: a larger number would fail deep inside torch, unnamed
+            raise ConfigError(f"{key}: {int(value)} is too large (at most 2**63 - 1).")
         return int(value)
     if tp is float:
         if isinstance(value, str):
@@ -267,6 +270,7 @@ _SECTIONS = {f.name: f.type for f in dataclasses.fields(ExperimentConfig)}
 
 
 _MAX_SEED = 2**32 - 1
+_MAX_INT = 2**63 - 1
 # an id names the default run directory runs/<id>, so it must be one plain path component
 _ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=,@-]*$")
 
@@ -314,7 +318,10 @@ def _check_ranges(cfg: ExperimentConfig) -> None:
     need(p.n_components >= 1, "prior.n_components", "must be >= 1.")
     need(e.num_samples >= 2, "eval.num_samples", "must be >= 2.")
     need(e.posterior_draws >= 1, "eval.posterior_draws", "must be >= 1.")
-    need(e.grid_size >= 8, "eval.grid_size", "must be >= 8.")
+    # upper bounds for the evaluation sizes: they are used only after training, where running out of
+    # memory would waste the whole run
+    need(8 <= e.grid_size <= 4096, "eval.grid_size", f"must be in [8, 4096], got {e.grid_size}.")
+    need(e.posterior_draws <= 100_000, "eval.posterior_draws", f"must be <= 100000, got {e.posterior_draws}.")
     need(t.batch_size is None or t.batch_size >= 2 or m.divergence == "none", "train.batch_size",
          "the aggregate-posterior divergence needs batches of at least 2.")  # fmt: skip
     need(m.dip_lambda >= 0 and m.capacity_gamma >= 0 and m.capacity_max >= 0, "model",

@@ -183,8 +183,11 @@ def test_analyse_refuses_to_write_into_a_run(run, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["run", "fig3-pinwheel", "train.seed=99999999999999999999"], "train.seed: must be an integer in [0, 2**32"),
+        (["run", "fig3-pinwheel", "train.seed=99999999999999999999"], "train.seed: 99999999999999999999 is too large"),
+        (["run", "fig3-pinwheel", "train.seed=4294967296"], "train.seed: must be an integer in [0, 2**32 - 1]"),
         (["run", "fig3-pinwheel", "eval.seed=-1"], "eval.seed: must be an integer in"),
+        (["run", "fig3-pinwheel", "model.hidden_dim=99999999999999999999"], "model.hidden_dim: 9999999999999999"),
+        (["run", "fig3-pinwheel", "eval.grid_size=100000"], "eval.grid_size: must be in [8, 4096], got 100000"),
         (["run", "fig3-pinwheel", "id=../../evil"], "id: '../../evil' is not a valid run id"),
         (["run", "fig3-pinwheel", "id="], "id: '' is not a valid run id"),
         (["run", "fig3-pinwheel", "--out", ""], "--out is empty"),
@@ -197,8 +200,8 @@ def test_analyse_refuses_to_write_into_a_run(run, capsys):
         (["run", "--resume", "afile"], "--resume takes a run directory or a checkpoint .pt file"),
         (["run", "--resume", ""], "--resume is empty"),
     ],
-    ids=["seed", "eval-seed", "id-escape", "id-empty", "out-empty", "out-file", "out-under-file", "analyse-out",
-         "sweep-out", "sweep-out-file", "yaml", "resume-file", "resume-empty"],  # fmt: skip
+    ids=["seed", "seed-32bit", "eval-seed", "huge-int", "grid-size", "id-escape", "id-empty", "out-empty", "out-file",
+         "out-under-file", "analyse-out", "sweep-out", "sweep-out-file", "yaml", "resume-file", "resume-empty"],  # fmt: skip
 )
 def test_more_bad_input_is_one_line(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -209,15 +212,25 @@ def test_more_bad_input_is_one_line(argv, message, capsys, tmp_path, monkeypatch
     assert not (tmp_path.parent / "evil").exists()
 
 
-def test_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize(
+    "error, message",
+    [
+        (RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: ..."),
+         "out of memory"),
+        (MemoryError(), "out of memory"),
+        (OverflowError("int too big to convert"), "a number in the config is too large (int too big to convert)"),
+    ],
+    ids=["torch", "numpy", "overflow"],
+)  # fmt: skip
+def test_resource_errors_are_one_line(tmp_path, capsys, monkeypatch, error, message):
     import pyro_decomp.runner as runner
 
     def huge(cfg):
-        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: ...")
+        raise error
 
     monkeypatch.setattr(runner, "build_experiment", huge)
     assert main(["run", "fig3-pinwheel", "--out", str(tmp_path / "r"), "model.hidden_dim=100000000000"]) == 2
-    assert "out of memory" in _one_line_error(capsys)
+    assert message in _one_line_error(capsys)
     assert not (tmp_path / "r").exists()
 
 

@@ -81,7 +81,7 @@ _WINDOW = 30  # the largest unit shape reaches sqrt(2) units = 12.7 px from its 
 
 _NPZ_HELP = (
     "Get dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz from https://github.com/deepmind/dsprites-dataset "
-    "and pass its path, or use the procedural DSprites(), which needs no file."
+    "and pass its path, or use the procedural DSprites() (in a config: data.npz=null), which needs no file."
 )
 
 

@@ -224,7 +224,12 @@ def _load_density(path: Path) -> dict[str, np.ndarray] | None:
     return panel if ok else None
 
 
-def _sweep_worker(config: dict[str, Any], run_dir: str, threads: int) -> dict[str, Any]:
+# set in a pool worker process once Ctrl-C reached it: the runs it has already taken from the pool's
+# queue (which shutdown(cancel_futures=True) cannot recall) then return at once instead of training
+_INTERRUPTED = False
+
+
+def _sweep_worker(config: dict[str, Any], run_dir: str, threads: int, pooled: bool = False) -> dict[str, Any]:
     """Run, continue or reuse one run; never raises, so one failure does not stop the sweep.
 
     A run directory left by an earlier call of the same sweep is picked up where it stopped:
@@ -235,15 +240,21 @@ def _sweep_worker(config: dict[str, Any], run_dir: str, threads: int) -> dict[st
     """
     import torch
 
+    global _INTERRUPTED
     torch.set_num_threads(max(1, threads))
     run_dir_p = Path(run_dir)
     t0 = time.perf_counter()
+    if _INTERRUPTED:
+        return {"status": "failed", "error": "interrupted before it started", "run_dir": str(run_dir_p)}
     try:
         result, note = _run_or_reuse(config, run_dir_p)
         result["run_dir"] = str(run_dir_p)
         if note:
             result["note"] = note
         return result
+    except KeyboardInterrupt:
+        _INTERRUPTED = pooled
+        raise
     except Exception as e:  # report and move on; the summary marks the run as failed
         return {
             "status": "failed",
@@ -309,7 +320,7 @@ def _run_local(jobs: list[tuple[dict, str]], workers: int, log) -> list[dict]:
     results: list[dict | None] = [None] * len(jobs)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
     try:
-        futures = {pool.submit(_sweep_worker, c, d, threads): i for i, (c, d) in enumerate(jobs)}
+        futures = {pool.submit(_sweep_worker, c, d, threads, True): i for i, (c, d) in enumerate(jobs)}
         for fut in as_completed(futures):
             i = futures[fut]
             try:

@@ -211,3 +211,30 @@ def test_interrupted_sweep_says_how_to_resume(tmp_path, monkeypatch, capsys):
     captured = capsys.readouterr()
     assert "resuming: 1 of 2 runs finished earlier" in captured.out
     assert f"{RUNS[0]}: reused" in captured.out and f"{RUNS[1]}: ok" in captured.out
+
+
+def test_pool_worker_skips_queued_runs_after_ctrl_c(tmp_path, monkeypatch):
+    import pyro_decomp.experiments.sweep as sweep
+    import pyro_decomp.runner as runner
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(RESUMABLE)
+    config = load_sweep(str(path)).runs[0].config
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(args[1])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_experiment", interrupted)
+    monkeypatch.setattr(sweep, "_INTERRUPTED", False)
+    # in this process (workers=1) an interrupt leaves no trace: the next sweep runs normally
+    with pytest.raises(KeyboardInterrupt):
+        sweep._sweep_worker(config, str(tmp_path / "a"), 1)
+    assert sweep._INTERRUPTED is False
+    # in a pool worker, the runs it had already taken from the queue return at once, untrained
+    with pytest.raises(KeyboardInterrupt):
+        sweep._sweep_worker(config, str(tmp_path / "a"), 1, True)
+    result = sweep._sweep_worker(config, str(tmp_path / "b"), 1, True)
+    assert result["status"] == "failed" and result["error"] == "interrupted before it started"
+    assert len(calls) == 2 and not (tmp_path / "b").exists()

@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+import yaml
 
 from pyro_decomp.config import ConfigError
 from pyro_decomp.experiments.sweep import _grid_figure, load_sweep, run_sweep
@@ -238,3 +239,20 @@ def test_pool_worker_skips_queued_runs_after_ctrl_c(tmp_path, monkeypatch):
     result = sweep._sweep_worker(config, str(tmp_path / "b"), 1, True)
     assert result["status"] == "failed" and result["error"] == "interrupted before it started"
     assert len(calls) == 2 and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("drop_metrics", [False, True], ids=["finished", "unfinished"])
+def test_corrupt_config_yaml_is_recovered_from_the_checkpoint(sweep_copy, drop_metrics):
+    path, out = sweep_copy
+    run = out / "runs" / RUNS[1]
+    (run / "config.yaml").write_text("model: [unclosed")
+    if drop_metrics:
+        (run / "metrics.json").unlink()
+    logs = []
+    rows = run_sweep(str(path), out, workers=1, log=logs.append)
+    # the checkpoint's stored config matches the sweep's, so the run is kept, not trained afresh
+    assert [r["status"] for r in rows] == ["reused", "ok" if drop_metrics else "reused"]
+    assert not any("started afresh" in line for line in logs)
+    assert load_sweep(str(path)).runs[1].config["model"]["alpha"] == yaml.safe_load((run / "config.yaml").read_text())[
+        "model"
+    ]["alpha"]

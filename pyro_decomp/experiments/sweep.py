@@ -177,9 +177,30 @@ def _saved_config(run_dir: Path) -> dict[str, Any] | None:
     from ..runner import load_run_config
 
     try:
-        return config_to_dict(load_run_config(run_dir))
+        return json.loads(json.dumps(config_to_dict(load_run_config(run_dir))))
     except (OSError, ValueError):  # missing, truncated or hand-edited into an invalid config
         return None
+
+
+def _same_run(run_dir: Path, config: dict[str, Any]) -> bool:
+    """Whether ``run_dir`` holds a run of ``config``: its ``config.yaml`` says so or, when that file is
+    damaged, its latest checkpoint does (each checkpoint stores the config); ``config.yaml`` is then rewritten."""
+    from ..config import save_config
+    from ..train import load_checkpoint
+
+    if not run_dir.is_dir():
+        return False
+    saved = _saved_config(run_dir)
+    if saved is not None:
+        return saved == config
+    try:
+        stored = load_checkpoint(run_dir).get("config")
+        same = json.loads(json.dumps(stored)) == config
+    except (OSError, ValueError, TypeError):  # no checkpoint, or an unreadable one
+        return False
+    if same:
+        save_config(config_from_dict(config), run_dir / "config.yaml")
+    return same
 
 
 def _read_metrics(path: Path) -> dict[str, Any] | None:
@@ -269,7 +290,7 @@ def _run_or_reuse(config: dict[str, Any], run_dir: Path) -> tuple[dict[str, Any]
     from ..runner import run_experiment
     from ..train import CheckpointError, latest_checkpoint
 
-    same = run_dir.is_dir() and _saved_config(run_dir) == config
+    same = _same_run(run_dir, config)
     metrics_path = run_dir / "metrics.json"
     note = None
     if same and metrics_path.is_file():

@@ -256,3 +256,19 @@ def test_corrupt_config_yaml_is_recovered_from_the_checkpoint(sweep_copy, drop_m
     assert load_sweep(str(path)).runs[1].config["model"]["alpha"] == yaml.safe_load((run / "config.yaml").read_text())[
         "model"
     ]["alpha"]
+
+
+def test_failed_run_is_one_log_line_with_the_traceback_saved(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(RESUMABLE)
+    out = tmp_path / "out"
+    logs = []
+    # a huge learning rate makes every run diverge
+    rows = run_sweep(str(path), out, workers=1, overrides={"train.lr": 1e30}, log=logs.append)
+    failed = [line for line in logs if "FAILED" in line]
+    assert [r["status"] for r in rows] == ["failed", "failed"] and len(failed) == 2
+    assert all("\n" not in line and "sweep_error.txt" in line for line in failed)
+    assert "Traceback" in (out / "runs" / RUNS[0] / "sweep_error.txt").read_text()
+    rows = run_sweep(str(path), out, workers=1, log=lambda m: None)  # fixed: the stale file goes
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert not (out / "runs" / RUNS[0] / "sweep_error.txt").exists()

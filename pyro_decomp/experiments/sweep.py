@@ -269,6 +269,7 @@ def _sweep_worker(config: dict[str, Any], run_dir: str, threads: int, pooled: bo
         return {"status": "failed", "error": "interrupted before it started", "run_dir": str(run_dir_p)}
     try:
         result, note = _run_or_reuse(config, run_dir_p)
+        (run_dir_p / "sweep_error.txt").unlink(missing_ok=True)  # from an earlier, failed attempt
         result["run_dir"] = str(run_dir_p)
         if note:
             result["note"] = note
@@ -277,10 +278,20 @@ def _sweep_worker(config: dict[str, Any], run_dir: str, threads: int, pooled: bo
         _INTERRUPTED = pooled
         raise
     except Exception as e:  # report and move on; the summary marks the run as failed
+        trace = traceback.format_exc()
+        # one line in the sweep's log (Pyro appends a shape table to errors raised inside a model);
+        # the whole traceback goes next to the run
+        error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+        try:
+            run_dir_p.mkdir(parents=True, exist_ok=True)
+            (run_dir_p / "sweep_error.txt").write_text(trace)
+            error += f" (traceback: {run_dir_p / 'sweep_error.txt'})"
+        except OSError:
+            pass
         return {
             "status": "failed",
-            "error": f"{type(e).__name__}: {e}",
-            "traceback": traceback.format_exc(),
+            "error": error,
+            "traceback": trace,
             "run_dir": str(run_dir_p),
             "seconds": time.perf_counter() - t0,
         }

@@ -265,3 +265,11 @@ def test_celeba_binary_label_file_and_image(tmp_path):
     data = celeba(tmp_path / "b")
     with pytest.raises(ValueError, match=rf"CelebA image '.*{names[0]}' is not a readable image"):
         data[0]
+
+
+def test_celeba_rejects_bad_target_type_up_front(tmp_path):
+    make_celeba(tmp_path)
+    with pytest.raises(ValueError, match=r"target_type must be one of \('attr', 'identity', 'bbox', 'landmarks'\)"):
+        celeba(tmp_path, target_type="attributes")
+    data = celeba(tmp_path, target_type=["identity", "bbox"])
+    assert [t.tolist() for t in data[0][1]] == [1, [1, 2, 3, 4]]

@@ -104,3 +104,9 @@ def test_likelihood_observes_integer_and_bool_data_as_floats():
     assert as_observations(x, torch.float64).dtype == torch.float64
     with pytest.raises(TypeError, match="values up to 7"):
         as_observations(torch.tensor([0, 7]), torch.float32)
+
+
+def test_data_on_another_device_is_named():
+    vae = _pinwheel_vae()
+    with pytest.raises(DataError, match=r"x is on meta but the networks are on cpu; move the data once.*x.to\('cpu'\)"):
+        vae.encode(torch.zeros(4, 2, device="meta"))

@@ -273,6 +273,11 @@ def celeba(
     crop_size = _check_image_size(crop_size)
     if split not in ("train", "valid", "test", "all"):
         raise ValueError(f"split must be 'train', 'valid', 'test' or 'all', got {split!r}")
+    types = [target_type] if isinstance(target_type, str) else target_type
+    valid_types = ("attr", "identity", "bbox", "landmarks")
+    if not isinstance(types, list | tuple) or any(t not in valid_types for t in types):
+        # torchvision would only complain on the first item read
+        raise ValueError(f"target_type must be one of {valid_types} or a list of them, got {target_type!r}")
     base = root / "celeba"
     if not download:
         missing = [name for name in CELEBA_FILES if not (base / name).is_file()]
@@ -291,7 +296,7 @@ def celeba(
         str(root),
         verify_md5=bool(verify_md5),
         split=split,
-        target_type=target_type,
+        target_type=list(types),
         transform=transform,
         download=download,
     )

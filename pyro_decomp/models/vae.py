@@ -64,19 +64,24 @@ class VAE(PyroModule):
     def latent_site(self) -> str:
         return self.guide_module.site
 
-    def _dtype(self) -> torch.dtype:
-        """The floating dtype of the networks' parameters (observations are cast to it)."""
+    def _first_param(self) -> torch.Tensor | None:
         for module in (self._modules["guide_module"], self._modules["decoder"]):
             for p in module.parameters():
                 if p.is_floating_point():
-                    return p.dtype
-        return torch.get_default_dtype()
+                    return p
+        return None
 
     def _prepare(self, x: torch.Tensor, *, check: bool = True) -> torch.Tensor:
         """``x`` cast to the networks' dtype (:func:`~pyro_decomp.models.likelihoods.as_observations`) and
         checked: shape ``[batch, *obs_shape]`` of the encoder, then the likelihood's own check."""
         x_in = x
-        x = as_observations(x, self._dtype())
+        param = self._first_param()
+        x = as_observations(x, torch.get_default_dtype() if param is None else param.dtype)
+        if param is not None and x.device != param.device:
+            raise DataError(
+                f"x is on {x.device} but the networks are on {param.device}; move the data once, before "
+                f"training: x = x.to({str(param.device)!r})."
+            )
         obs_shape = getattr(self.encoder, "obs_shape", None)
         if x.dim() < 1 or x.shape[0] == 0:
             raise DataError(f"x must hold at least one data point on axis 0, got shape {list(x.shape)}.")

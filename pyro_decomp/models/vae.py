@@ -24,6 +24,12 @@ class VAE(PyroModule):
     ELBOs accept them. The ELBO finds :attr:`prior` through ``vae.model`` and samples the prior
     program directly, so the decoder does not run twice.
 
+    ``x`` is ``[batch, *obs_shape]`` on the networks' device. Data of another floating dtype (NumPy's
+    ``float64``, ``float16``), ``bool`` data and integer data holding only 0 and 1 (dSprites' ``uint8``
+    images) are cast to the networks' dtype; other integer data, NaNs, an empty batch or a shape the
+    encoder does not take raise a one-line :class:`TypeError` or
+    :class:`~pyro_decomp.models.likelihoods.DataError` (a ``ValueError``) that names the fix.
+
     >>> import pyro, torch
     >>> from pyro_decomp.models import GaussianMixturePrior, GaussianLikelihood
     >>> from pyro_decomp.models.networks import PinwheelEncoder, PinwheelDecoder

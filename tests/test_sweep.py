@@ -272,3 +272,13 @@ def test_failed_run_is_one_log_line_with_the_traceback_saved(tmp_path):
     rows = run_sweep(str(path), out, workers=1, log=lambda m: None)  # fixed: the stale file goes
     assert [r["status"] for r in rows] == ["ok", "ok"]
     assert not (out / "runs" / RUNS[0] / "sweep_error.txt").exists()
+
+
+def test_rerun_with_other_overrides_says_runs_start_afresh(sweep_copy):
+    path, out = sweep_copy
+    logs = []
+    rows = run_sweep(str(path), out, workers=1, overrides={"train.lr": 2e-3}, log=logs.append)
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert "[sweep] resuming: 0 of 2 runs finished earlier, 0 continue from their checkpoints, 2 hold another config " \
+        "and start afresh" in logs  # fmt: skip
+    assert f"[sweep] {RUNS[0]}: the run directory held another config; started afresh" in logs

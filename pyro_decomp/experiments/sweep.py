@@ -564,17 +564,22 @@ def _log_progress_so_far(jobs: Sequence[tuple[dict, str]], log) -> None:
     """On a rerun, say that the sweep resumes and how much of it is already done."""
     from ..train import latest_checkpoint
 
-    done = started = 0
-    for _, run_dir in jobs:
+    done = started = other = 0
+    for config, run_dir in jobs:
         d = Path(run_dir)
-        if (d / "metrics.json").is_file():
+        if not d.is_dir() or latest_checkpoint(d) is None:
+            continue
+        saved = _saved_config(d)
+        if saved is not None and saved != config:
+            other += 1
+        elif (d / "metrics.json").is_file():
             done += 1
-        elif d.is_dir() and latest_checkpoint(d) is not None:
+        else:
             started += 1
-    if done or started:
+    if done or started or other:
         log(
-            f"[sweep] resuming: {done} of {len(jobs)} runs finished earlier, "
-            f"{started} continue from their checkpoints"
+            f"[sweep] resuming: {done} of {len(jobs)} runs finished earlier, {started} continue from their "
+            f"checkpoints" + (f", {other} hold another config and start afresh" if other else "")
         )
 
 

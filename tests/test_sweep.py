@@ -282,3 +282,17 @@ def test_rerun_with_other_overrides_says_runs_start_afresh(sweep_copy):
     assert "[sweep] resuming: 0 of 2 runs finished earlier, 0 continue from their checkpoints, 2 hold another config " \
         "and start afresh" in logs  # fmt: skip
     assert f"[sweep] {RUNS[0]}: the run directory held another config; started afresh" in logs
+
+
+def test_damaged_metrics_without_a_checkpoint_is_trained_afresh(sweep_copy):
+    path, out = sweep_copy
+    run = out / "runs" / RUNS[1]
+    before = _measures(out, RUNS[1])
+    (run / "metrics.json").write_text("{")
+    (run / "checkpoint.pt").unlink()
+    shutil.rmtree(run / "checkpoints")
+    logs = []
+    rows = run_sweep(str(path), out, workers=1, log=logs.append)
+    assert [r["status"] for r in rows] == ["reused", "ok"]
+    assert f"[sweep] {RUNS[1]}: metrics.json unreadable; no checkpoint to re-evaluate, trained afresh" in logs
+    assert _measures(out, RUNS[1]) == before  # training is seeded (train.seed) and deterministic on the CPU

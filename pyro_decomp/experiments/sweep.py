@@ -12,8 +12,13 @@ A sweep file::
 The base experiment is loaded at its default size; the sweep's size overrides are applied on top.
 
 Outputs in the sweep directory: ``runs/<name>/`` (full run directories), ``grid.png`` (one density
-panel per run, first seed), ``summary.csv`` and ``summary.md``. Runs that already hold a
-``metrics.json`` for the same config are reused, so an interrupted sweep can be restarted.
+panel per run, first seed), ``summary.csv`` and ``summary.md``, ``sweep.json``.
+
+Rerunning the same sweep command resumes it (there is no ``--resume`` flag): finished runs of the
+same config are reused, runs with a damaged ``metrics.json`` or figure are re-evaluated from their
+final checkpoint, unfinished runs continue from their latest readable checkpoint, and a run directory
+holding another config is trained afresh. A failed run is one line in the log; its traceback is
+saved as ``runs/<name>/sweep_error.txt``.
 """
 
 from __future__ import annotations
@@ -332,13 +337,16 @@ def _run_or_reuse(config: dict[str, Any], run_dir: Path) -> tuple[dict[str, Any]
             return finish(result), note
         note = f"no usable checkpoint ({'; '.join(errors)}); started afresh"
         return finish(run_experiment(config, run_dir, overwrite=True, progress=False)), note
-    if checkpoint is None and run_dir.is_dir():
-        # killed before its first checkpoint: drop the partial log so the fresh run's log starts clean
-        (run_dir / "logs" / "train.jsonl").unlink(missing_ok=True)
-        (run_dir / "metrics.json").unlink(missing_ok=True)
-    if checkpoint is not None:
-        note = "the run directory held another config; started afresh"
-    return finish(run_experiment(config, run_dir, overwrite=checkpoint is not None, progress=False)), note
+    if checkpoint is None:
+        if run_dir.is_dir():
+            # killed before its first checkpoint: drop the partial log so the fresh run's log starts clean
+            (run_dir / "logs" / "train.jsonl").unlink(missing_ok=True)
+            (run_dir / "metrics.json").unlink(missing_ok=True)
+        if note is not None:
+            note = note.replace("re-evaluated from the checkpoint", "no checkpoint to re-evaluate, trained afresh")
+        return finish(run_experiment(config, run_dir, progress=False)), note
+    note = "the run directory held another config; started afresh"
+    return finish(run_experiment(config, run_dir, overwrite=True, progress=False)), note
 
 
 def _run_local(jobs: list[tuple[dict, str]], workers: int, log) -> list[dict]:

@@ -19,7 +19,14 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BernoulliLikelihood", "DataError", "GaussianLikelihood", "LaplaceLikelihood", "Likelihood", "as_observations"]
+__all__ = [
+    "BernoulliLikelihood",
+    "DataError",
+    "GaussianLikelihood",
+    "LaplaceLikelihood",
+    "Likelihood",
+    "as_observations",
+]
 
 
 class DataError(ValueError):

@@ -342,7 +342,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pyro-decomp: {_one_line(str(e))}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print("pyro-decomp: interrupted (the latest checkpoint was kept; continue with --resume)", file=sys.stderr)
+        # a sweep has no --resume flag: rerunning the same command reuses and continues its runs
+        hint = "run the same command again to resume it" if args.command == "sweep" else "continue with --resume"
+        print(f"pyro-decomp: interrupted (the latest checkpoint was kept; {hint})", file=sys.stderr)
         return 130
 
 

@@ -192,3 +192,84 @@ def test_celeba_missing_names_path(tmp_path):
 def test_celeba_rejects_bad_split(tmp_path):
     with pytest.raises(ValueError, match="split must be"):
         celeba(tmp_path, split="validation")
+
+
+# ---- damaged files: one clear error naming the file (torchvision raises bare asserts) ----------
+
+
+def _truncate(path, keep):
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        (lambda raw: _truncate(raw / "train-images-idx3-ubyte", 100), r"announces 6 items \(4720 bytes\) but the file has 100"),
+        (lambda raw: _truncate(raw / "train-labels-idx1-ubyte", 3), "only 3 bytes, fewer than the 8-byte header"),
+        (lambda raw: (raw / "train-labels-idx1-ubyte").write_bytes(b"\x12\x34" * 50), "header 12341234 is not 00000801"),
+        (lambda raw: write_idx(raw / "train-images-idx3-ubyte", np.zeros((6, 32, 32))), r"shape \[32, 32\], expected \[28, 28\]"),
+        (lambda raw: write_idx(raw / "train-labels-idx1-ubyte", np.full(6, 12)), r"label 12, outside 0..9"),
+    ],
+    ids=["truncated-images", "truncated-header", "random-bytes", "wrong-image-size", "bad-label"],
+)  # fmt: skip
+@pytest.mark.parametrize("loader, name", [(mnist, "MNIST"), (fashion_mnist, "FashionMNIST")], ids=["mnist", "fashion"])
+def test_mnist_like_damaged_file_is_named(tmp_path, loader, name, damage, match):
+    make_mnist_like(tmp_path, name)
+    damage(tmp_path / name / "raw")
+    where = rf"'.*{name}/raw/train-.*' is not a valid MNIST-format \(IDX\) file: "
+    with pytest.raises(ValueError, match=where + ".*" + match):
+        loader(tmp_path)
+
+
+def test_mnist_image_and_label_counts_must_agree(tmp_path):
+    make_mnist_like(tmp_path, "MNIST")
+    write_idx(tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte", np.zeros(3))
+    with pytest.raises(ValueError, match="holds 4 images but .*t10k-labels-idx1-ubyte' holds 3 labels"):
+        mnist(tmp_path, train=False)
+
+
+def test_root_that_is_a_file(tmp_path):
+    (tmp_path / "data").write_text("not a directory")
+    for loader in (mnist, fashion_mnist, celeba):
+        with pytest.raises(ValueError, match=r"root '.*data' is a file; pass the directory"):
+            loader(tmp_path / "data")
+
+
+@pytest.mark.parametrize(
+    "name, text, match",
+    [
+        ("list_attr_celeba.txt", "garbage\nmore garbage\n", "it lists no images"),
+        ("identity_CelebA.txt", "", "it lists no images"),
+        ("list_eval_partition.txt", "xx yy zz\n", "line 1 has 2 value.s. after the file name, expected 1"),
+        ("list_eval_partition.txt", "000001.jpg 7\n", r"line 1 holds \[7\]; the values must be in \[0, 1, 2\]"),
+        ("list_attr_celeba.txt", "7\nA B\n000001.jpg 1\n", "line 3 has 1 value.s. after the file name, expected 2"),
+        ("list_bbox_celeba.txt", "7\nh\n000001.jpg 1 2 3 x\n", "line 3 holds a value that is not an integer"),
+        ("list_landmarks_align_celeba.txt", "1\nh\n000009.jpg" + " 1" * 10 + "\n", "it lists 1 image.s. that differ from the 7"),
+    ],
+    ids=["attr-garbage", "identity-empty", "partition-columns", "partition-value", "attr-columns", "bbox-text", "names"],
+)
+def test_celeba_damaged_label_file_is_named(tmp_path, name, text, match):
+    make_celeba(tmp_path)
+    (tmp_path / "celeba" / name).write_text(text)
+    with pytest.raises(ValueError, match=rf"CelebA label file '.*celeba/{name}' is damaged: {match}"):
+        celeba(tmp_path)
+
+
+def test_celeba_binary_label_file_and_image(tmp_path):
+    names = make_celeba(tmp_path)
+    (tmp_path / "celeba" / "list_bbox_celeba.txt").write_bytes(bytes(range(128, 256)))
+    with pytest.raises(ValueError, match="list_bbox_celeba.txt' is damaged: it is not a text file"):
+        celeba(tmp_path)
+    make_celeba(tmp_path / "b")
+    (tmp_path / "b" / "celeba" / "img_align_celeba" / names[0]).write_bytes(b"junk")
+    data = celeba(tmp_path / "b")
+    with pytest.raises(ValueError, match=rf"CelebA image '.*{names[0]}' is not a readable image"):
+        data[0]
+
+
+def test_celeba_rejects_bad_target_type_up_front(tmp_path):
+    make_celeba(tmp_path)
+    with pytest.raises(ValueError, match=r"target_type must be one of \('attr', 'identity', 'bbox', 'landmarks'\)"):
+        celeba(tmp_path, target_type="attributes")
+    data = celeba(tmp_path, target_type=["identity", "bbox"])
+    assert [t.tolist() for t in data[0][1]] == [1, [1, 2, 3, 4]]

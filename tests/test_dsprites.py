@@ -287,3 +287,81 @@ def test_save_figures(tmp_path):
     assert grid.is_file()
     with pytest.raises(ValueError, match="titles needs one entry per image"):
         save_image_grid(torch.rand(3, 1, 8, 8), tmp_path / "x.png", titles=["a"])
+
+
+def test_from_npz_object_array_names_file_and_fix(tmp_path):
+    path = tmp_path / "pickled.npz"
+    np.savez(path, imgs=np.array([{"a": 1}], dtype=object), latents_classes=np.zeros((1, 6), dtype=np.int64))
+    with pytest.raises(ValueError, match=r"'imgs' in .*pickled.npz is an object \(pickled\) array.*imgs.astype\(np.uint8\)"):
+        DSprites.from_npz(path)
+
+
+def _damaged(tmp_path, kind):
+    good = tmp_path / "good.npz"
+    write_official_layout(good, np.array([5, 99]))
+    path = tmp_path / f"{kind}.npz"
+    data = good.read_bytes()
+    if kind == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "random":
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    elif kind == "npy":
+        with open(path, "wb") as f:  # a plain .npy under an .npz name
+            np.save(f, np.zeros(3))
+    elif kind == "corrupt-member":  # intact zip directory, damaged array bytes: a CRC mismatch
+        start = data.index(b"\x93NUMPY") + 200
+        path.write_bytes(data[:start] + bytes(b ^ 0xFF for b in data[start : start + 50]) + data[start + 50 :])
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind, match",
+    [
+        ("truncated", r"is not an .npz archive \(a truncated download or another file type\); download it again"),
+        ("random", r"is not an .npz archive"),
+        ("npy", r"is not an .npz archive"),
+        ("corrupt-member", r"is damaged \(BadZipFile: .*\); download it again"),
+    ],
+    ids=["truncated", "random", "npy", "corrupt-member"],
+)
+def test_from_npz_damaged_file_is_named(tmp_path, kind, match):
+    path = _damaged(tmp_path, kind)
+    with pytest.raises(ValueError, match=rf"'{path}' {match}.*dsprites-dataset"):
+        DSprites.from_npz(path)
+
+
+@pytest.mark.parametrize(
+    "arrays, error, match",
+    [
+        ({"imgs": np.zeros((2, 32, 32), np.uint8)}, ValueError, r"'imgs' in .* must have shape \[N, 64, 64\].*\[2, 32, 32\]"),
+        ({"imgs": np.zeros((0, 64, 64), np.uint8), "latents_classes": np.zeros((0, 6), np.int64)}, ValueError, "holds no images"),
+        ({"imgs": np.full((2, 64, 64), 255, np.uint8)}, ValueError, r"binary pixels 0 or 1 .*found 255 \(0/255 images: save imgs // 255\)"),
+        ({"imgs": np.full((2, 64, 64), np.nan)}, ValueError, "binary pixels 0 or 1 .*found nan"),
+        ({"latents_classes": np.full((2, 6), 0.5)}, TypeError, "'latents_classes' in .* must hold integer class indices"),
+        ({"latents_classes": np.ones((2, 6), np.int64)}, ValueError, r"'latents_classes' in .* out of range.*\[1, 3, 6, 40, 32, 32\]"),
+        ({"latents_classes": np.zeros((2, 5), np.int64)}, ValueError, r"'latents_classes' in .* must have shape \[N, 6\]"),
+    ],
+    ids=["image-size", "empty", "0-255", "nan", "float-classes", "colour", "five-columns"],
+)  # fmt: skip
+def test_from_npz_bad_arrays(tmp_path, arrays, error, match):
+    path = tmp_path / "bad.npz"
+    base = {"imgs": np.zeros((2, 64, 64), np.uint8), "latents_classes": np.zeros((2, 6), np.int64)}
+    base["latents_classes"][1, -1] = 1
+    np.savez(path, **{**base, **arrays})
+    with pytest.raises(error, match=match):
+        DSprites.from_npz(path)
+
+
+def test_from_npz_accepts_binary_float_and_bool_images(tmp_path):
+    path = tmp_path / "float.npz"
+    imgs, factors = write_official_layout(path, np.array([5, 99]))
+    for dtype in (np.float32, np.bool_):
+        np.savez(path, imgs=imgs.astype(dtype), latents_classes=np.load(path)["latents_classes"])
+        data = DSprites.from_npz(path)
+        np.testing.assert_array_equal(data[1][0][0].numpy(), imgs[1])
+        assert data._images.dtype == np.uint8
+
+
+def test_from_npz_directory_is_named(tmp_path):
+    with pytest.raises(ValueError, match=r"is a directory; pass the dSprites .npz file itself"):
+        DSprites.from_npz(tmp_path)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import csv
+import json
+import shutil
 
+import numpy as np
 import pytest
+import yaml
 
 from pyro_decomp.config import ConfigError
-from pyro_decomp.experiments.sweep import load_sweep, run_sweep
+from pyro_decomp.experiments.sweep import _grid_figure, load_sweep, run_sweep
 
 TINY_SWEEP = """
 id: tiny-grid
@@ -80,3 +84,215 @@ def test_ray_sweep_local_cluster(tmp_path):
     out = tmp_path / "out"
     rows = run_sweep(str(path), out, executor="ray", workers=2, log=lambda m: None)
     _check_outputs(out, rows)
+
+
+# ---- restarting an interrupted or damaged sweep ---------------------------------------------------
+
+RESUMABLE = TINY_SWEEP.replace("train.steps: 5, train.checkpoint_every: 5", "train.steps: 6, train.checkpoint_every: 3")
+RUNS = ("alpha0_beta0.5_seed0", "beta0_alpha2_seed0")
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    """One finished two-run sweep (6 steps, checkpoints at 3 and 6), copied fresh into each test."""
+    base = tmp_path_factory.mktemp("finished")
+    path = base / "tiny.yaml"
+    path.write_text(RESUMABLE)
+    run_sweep(str(path), base / "out", workers=1, log=lambda m: None)
+    return base
+
+
+@pytest.fixture
+def sweep_copy(finished_sweep, tmp_path):
+    shutil.copytree(finished_sweep, tmp_path, dirs_exist_ok=True)
+    return tmp_path / "tiny.yaml", tmp_path / "out"
+
+
+def _measures(out, name):
+    return json.loads((out / "runs" / name / "metrics.json").read_text())["measures"]
+
+
+def test_rerun_after_a_kill_between_step_file_and_checkpoint(sweep_copy):
+    path, out = sweep_copy
+    run = out / "runs" / RUNS[0]
+    before = _measures(out, RUNS[0])
+    # the state of a run killed right after its first checkpoints/step_*.pt, before checkpoint.pt
+    for name in ("checkpoint.pt", "metrics.json", "posterior.nc"):
+        (run / name).unlink()
+    shutil.rmtree(run / "figures")
+    (run / "checkpoints" / "step_00000006.pt").unlink()
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000003.pt"]
+    logs = []
+    rows = run_sweep(str(path), out, workers=1, log=logs.append)
+    assert [r["status"] for r in rows] == ["ok", "reused"]  # was FileExistsError on every rerun
+    assert any("resuming: 1 of 2 runs finished" in line for line in logs)
+    assert any("continued from checkpoints/step_00000003.pt" in line for line in logs)
+    # resuming on the CPU is bit-identical to the uninterrupted run, so the measures are the same
+    assert _measures(out, RUNS[0]) == before
+
+
+def test_corrupt_figure_file_is_redrawn_and_outputs_refreshed(sweep_copy):
+    path, out = sweep_copy
+    npz = out / "runs" / RUNS[1] / "figures" / "aggregate_posterior.npz"
+    npz.write_bytes(b"not an npz")
+    (out / "sweep.json").write_text("stale")
+    (out / "grid.png").write_bytes(b"stale")
+    logs = []
+    rows = run_sweep(str(path), out, workers=1, log=logs.append)  # was a ValueError from np.load
+    assert [r["status"] for r in rows] == ["reused", "ok"]
+    assert any("figures missing or unreadable; re-evaluated" in line for line in logs)
+    with np.load(npz, allow_pickle=False) as data:
+        assert data["density"].ndim == 2
+    assert json.loads((out / "sweep.json").read_text())["runs"] == list(RUNS)
+    assert (out / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_grid_figure_skips_an_unreadable_panel(sweep_copy, tmp_path):
+    path, out = sweep_copy
+    spec = load_sweep(str(path))
+    results = [{"status": "ok", "run_dir": str(out / "runs" / name)} for name in RUNS]
+    (out / "runs" / RUNS[0] / "figures" / "aggregate_posterior.npz").write_bytes(b"\x00" * 10)
+    logs = []
+    _grid_figure(spec, results, tmp_path / "grid.png", logs.append)
+    assert (tmp_path / "grid.png").is_file()
+    assert logs == [f"[sweep] {RUNS[0]}: {out / 'runs' / RUNS[0] / 'figures' / 'aggregate_posterior.npz'} "
+                    "is missing or unreadable; its grid.png panel is left empty"]  # fmt: skip
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", ""], ids=["truncated", "not-an-object", "empty"])
+def test_corrupt_metrics_json_is_re_evaluated(sweep_copy, content):
+    path, out = sweep_copy
+    before = _measures(out, RUNS[1])
+    (out / "runs" / RUNS[1] / "metrics.json").write_text(content)
+    logs = []
+    rows = run_sweep(str(path), out, workers=1, log=logs.append)  # was FAILED on every rerun
+    assert [r["status"] for r in rows] == ["reused", "ok"]
+    assert any("metrics.json unreadable; re-evaluated from the checkpoint" in line for line in logs)
+    assert _measures(out, RUNS[1]) == before  # the evaluation is seeded (eval.seed)
+    rows = run_sweep(str(path), out, workers=1, log=lambda m: None)
+    assert [r["status"] for r in rows] == ["reused", "reused"]
+
+
+def test_corrupt_checkpoint_falls_back_to_an_earlier_one(sweep_copy):
+    path, out = sweep_copy
+    run = out / "runs" / RUNS[0]
+    (run / "metrics.json").unlink()
+    (run / "checkpoint.pt").write_bytes(b"truncated")
+    (run / "checkpoints" / "step_00000006.pt").write_bytes(b"truncated")
+    logs = []
+    rows = run_sweep(str(path), out, workers=1, log=logs.append)
+    assert rows[0]["status"] == "ok"
+    assert any("continued from checkpoints/step_00000003.pt" in line for line in logs)
+
+
+def test_interrupted_sweep_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    import pyro_decomp.runner as runner
+    from pyro_decomp.cli import main
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(RESUMABLE)
+    out = tmp_path / "out"
+    real = runner.run_experiment
+    calls = []
+
+    def interrupted_second_run(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_experiment", interrupted_second_run)
+    assert main(["sweep", str(path), "--out", str(out), "--workers", "1"]) == 130
+    captured = capsys.readouterr()
+    assert "run the same sweep command again to resume it" in captured.out
+    assert "--resume" not in captured.err  # `sweep` has no such flag
+    assert "pyro-decomp: interrupted (the latest checkpoint was kept; run the same command again" in captured.err
+    monkeypatch.setattr(runner, "run_experiment", real)
+    assert main(["sweep", str(path), "--out", str(out), "--workers", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "resuming: 1 of 2 runs finished earlier" in captured.out
+    assert f"{RUNS[0]}: reused" in captured.out and f"{RUNS[1]}: ok" in captured.out
+
+
+def test_pool_worker_skips_queued_runs_after_ctrl_c(tmp_path, monkeypatch):
+    import pyro_decomp.experiments.sweep as sweep
+    import pyro_decomp.runner as runner
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(RESUMABLE)
+    config = load_sweep(str(path)).runs[0].config
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(args[1])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_experiment", interrupted)
+    monkeypatch.setattr(sweep, "_INTERRUPTED", False)
+    # in this process (workers=1) an interrupt leaves no trace: the next sweep runs normally
+    with pytest.raises(KeyboardInterrupt):
+        sweep._sweep_worker(config, str(tmp_path / "a"), 1)
+    assert sweep._INTERRUPTED is False
+    # in a pool worker, the runs it had already taken from the queue return at once, untrained
+    with pytest.raises(KeyboardInterrupt):
+        sweep._sweep_worker(config, str(tmp_path / "a"), 1, True)
+    result = sweep._sweep_worker(config, str(tmp_path / "b"), 1, True)
+    assert result["status"] == "failed" and result["error"] == "interrupted before it started"
+    assert len(calls) == 2 and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("drop_metrics", [False, True], ids=["finished", "unfinished"])
+def test_corrupt_config_yaml_is_recovered_from_the_checkpoint(sweep_copy, drop_metrics):
+    path, out = sweep_copy
+    run = out / "runs" / RUNS[1]
+    (run / "config.yaml").write_text("model: [unclosed")
+    if drop_metrics:
+        (run / "metrics.json").unlink()
+    logs = []
+    rows = run_sweep(str(path), out, workers=1, log=logs.append)
+    # the checkpoint's stored config matches the sweep's, so the run is kept, not trained afresh
+    assert [r["status"] for r in rows] == ["reused", "ok" if drop_metrics else "reused"]
+    assert not any("started afresh" in line for line in logs)
+    assert load_sweep(str(path)).runs[1].config["model"]["alpha"] == yaml.safe_load((run / "config.yaml").read_text())[
+        "model"
+    ]["alpha"]
+
+
+def test_failed_run_is_one_log_line_with_the_traceback_saved(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(RESUMABLE)
+    out = tmp_path / "out"
+    logs = []
+    # a huge learning rate makes every run diverge
+    rows = run_sweep(str(path), out, workers=1, overrides={"train.lr": 1e30}, log=logs.append)
+    failed = [line for line in logs if "FAILED" in line]
+    assert [r["status"] for r in rows] == ["failed", "failed"] and len(failed) == 2
+    assert all("\n" not in line and "sweep_error.txt" in line for line in failed)
+    assert "Traceback" in (out / "runs" / RUNS[0] / "sweep_error.txt").read_text()
+    rows = run_sweep(str(path), out, workers=1, log=lambda m: None)  # fixed: the stale file goes
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert not (out / "runs" / RUNS[0] / "sweep_error.txt").exists()
+
+
+def test_rerun_with_other_overrides_says_runs_start_afresh(sweep_copy):
+    path, out = sweep_copy
+    logs = []
+    rows = run_sweep(str(path), out, workers=1, overrides={"train.lr": 2e-3}, log=logs.append)
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert "[sweep] resuming: 0 of 2 runs finished earlier, 0 continue from their checkpoints, 2 hold another config " \
+        "and start afresh" in logs  # fmt: skip
+    assert f"[sweep] {RUNS[0]}: the run directory held another config; started afresh" in logs
+
+
+def test_damaged_metrics_without_a_checkpoint_is_trained_afresh(sweep_copy):
+    path, out = sweep_copy
+    run = out / "runs" / RUNS[1]
+    before = _measures(out, RUNS[1])
+    (run / "metrics.json").write_text("{")
+    (run / "checkpoint.pt").unlink()
+    shutil.rmtree(run / "checkpoints")
+    logs = []
+    rows = run_sweep(str(path), out, workers=1, log=logs.append)
+    assert [r["status"] for r in rows] == ["reused", "ok"]
+    assert f"[sweep] {RUNS[1]}: metrics.json unreadable; no checkpoint to re-evaluate, trained afresh" in logs
+    assert _measures(out, RUNS[1]) == before  # training is seeded (train.seed) and deterministic on the CPU

@@ -81,7 +81,7 @@ _WINDOW = 30  # the largest unit shape reaches sqrt(2) units = 12.7 px from its 
 
 _NPZ_HELP = (
     "Get dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz from https://github.com/deepmind/dsprites-dataset "
-    "and pass its path, or use the procedural DSprites(), which needs no file."
+    "and pass its path, or use the procedural DSprites() (in a config: data.npz=null), which needs no file."
 )
 
 
@@ -259,6 +259,68 @@ def save_image_grid(
     return path
 
 
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``imgs`` and ``latents_classes`` of ``path``; any unreadable file is a ``ValueError`` naming it."""
+    import zipfile
+    import zlib
+
+    if not zipfile.is_zipfile(path):  # np.load would try it as a pickle and suggest allow_pickle=True
+        raise ValueError(
+            f"{str(path)!r} is not an .npz archive (a truncated download or another file type); "
+            f"download it again. {_NPZ_HELP}"
+        )
+    arrays = {}
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = {"imgs", "latents_classes"} - set(archive.files)
+            if missing:
+                raise ValueError(
+                    f"{path} lacks the key(s) {sorted(missing)} (it has {sorted(archive.files)}); expected the "
+                    f"official dSprites layout with 'imgs' and 'latents_classes'. {_NPZ_HELP}"
+                )
+            for key in ("imgs", "latents_classes"):
+                try:
+                    arrays[key] = np.asarray(archive[key])
+                except ValueError as e:
+                    if "allow_pickle" not in str(e):
+                        raise
+                    raise ValueError(
+                        f"{key!r} in {path} is an object (pickled) array, which is never loaded "
+                        f"(allow_pickle=False, for safety); save it as a numeric array, e.g. "
+                        f"np.savez(path, imgs=imgs.astype(np.uint8), "
+                        f"latents_classes=classes.astype(np.int64))."
+                    ) from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+        raise ValueError(
+            f"{str(path)!r} is damaged ({type(e).__name__}: {e}); download it again. {_NPZ_HELP}"
+        ) from None
+    except ValueError as e:
+        if str(path) in str(e):
+            raise
+        raise ValueError(f"{str(path)!r} is damaged ({e}); download it again. {_NPZ_HELP}") from None
+    return arrays["imgs"], arrays["latents_classes"]
+
+
+def _binary_images(images: np.ndarray, path: Path) -> np.ndarray:
+    """``images`` as ``uint8`` in {0, 1}; other values (e.g. 0/255 images) are an error naming the fix."""
+    if images.dtype == np.uint8:
+        top = int(images.max())
+        if top <= 1:
+            return images
+        bad = top
+    elif images.dtype == np.bool_ or images.dtype.kind in "iuf":  # bool, integers, floats
+        binary = (images == 0) | (images == 1)
+        if binary.all():
+            return images.astype(np.uint8)
+        bad = images[~binary].flat[0]
+    else:
+        raise ValueError(f"'imgs' in {path} has dtype {images.dtype}; expected uint8 images in {{0, 1}}.")
+    hint = " (0/255 images: save imgs // 255)" if bad == 255 else ""
+    raise ValueError(
+        f"'imgs' in {path} must hold binary pixels 0 or 1 (the official dSprites format), found {bad}{hint}."
+    )
+
+
 class DSprites(GroundTruthDataset, torch.utils.data.Dataset):
     """dSprites as a ground-truth dataset and a torch ``Dataset``, rendered on demand.
 
@@ -393,34 +455,38 @@ class DSprites(GroundTruthDataset, torch.utils.data.Dataset):
 
         :raises FileNotFoundError: when ``path`` does not exist, with where to get the file.
         """
-        path = Path(path)
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a path to the dSprites .npz (str or os.PathLike), got {type(path).__name__}")
+        path = Path(path).expanduser()
+        if path.is_dir():
+            raise ValueError(f"{str(path)!r} is a directory; pass the dSprites .npz file itself. {_NPZ_HELP}")
         if not path.is_file():
             raise FileNotFoundError(f"dSprites file not found at {str(path)!r}. {_NPZ_HELP}")
-        with np.load(path, allow_pickle=False) as archive:
-            missing = {"imgs", "latents_classes"} - set(archive.files)
-            if missing:
-                raise ValueError(
-                    f"{path} lacks the key(s) {sorted(missing)}; expected the official dSprites layout "
-                    f"with 'imgs' and 'latents_classes'. {_NPZ_HELP}"
-                )
-            images = np.asarray(archive["imgs"])
-            classes = np.asarray(archive["latents_classes"])
+        images, classes = _read_npz(path)
         if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-            raise ValueError(f"'imgs' in {path} must have shape [N, 64, 64], got {images.shape}")
+            raise ValueError(
+                f"'imgs' in {path} must have shape [N, 64, 64] (64 x 64 binary images), got {list(images.shape)}"
+            )
+        if images.shape[0] == 0:
+            raise ValueError(f"'imgs' in {path} holds no images. {_NPZ_HELP}")
         if classes.shape != (images.shape[0], 6):
             raise ValueError(
-                f"'latents_classes' in {path} must have shape [N, 6] = {(images.shape[0], 6)}, got {classes.shape}"
+                f"'latents_classes' in {path} must have shape [N, 6] = {[images.shape[0], 6]} (colour, shape, scale, "
+                f"orientation, pos_x, pos_y per image), got {list(classes.shape)}"
             )
-        if np.any(classes[:, 0] != 0):
-            raise ValueError(f"'latents_classes' column 0 (colour) in {path} must be constant 0")
         dataset = cls(device=device)
-        factors = dataset.validate_factors(classes[:, 1:], name="latents_classes[:, 1:]")
+        # column 0 is the constant colour factor: its only class is 0
+        classes = dataset.validate_factors(
+            classes, name=f"'latents_classes' in {path}", sizes=(1, *DSPRITES_FACTOR_SIZES)
+        )
+        images = _binary_images(images, path)
+        factors = classes[:, 1:]
         flat = dataset.factors_to_index(factors)
         if np.unique(flat).size != flat.size:
             raise ValueError(f"'latents_classes' in {path} lists a factor combination twice")
         row_of_index = np.full(int(np.prod(DSPRITES_FACTOR_SIZES)), -1, dtype=np.int64)
         row_of_index[flat] = np.arange(flat.size)
-        dataset._images = images.astype(np.uint8, copy=False)
+        dataset._images = images
         dataset._classes = factors
         dataset._row_of_index = row_of_index
         return dataset

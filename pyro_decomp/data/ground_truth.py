@@ -103,23 +103,30 @@ class GroundTruthDataset(abc.ABC):
         factors = self.sample_factors(num, rng)
         return factors, self.sample_observations_from_factors(factors, rng)
 
-    def validate_factors(self, factors: np.ndarray | torch.Tensor, name: str = "factors") -> np.ndarray:
-        """Check ``factors`` is an integer ``[num, F]`` array inside the grid and return it as int64."""
+    def validate_factors(
+        self, factors: np.ndarray | torch.Tensor, name: str = "factors", *, sizes: Sequence[int] | None = None
+    ) -> np.ndarray:
+        """Check ``factors`` is an integer ``[num, F]`` array inside the grid and return it as int64.
+
+        :param sizes: the grid to check against (default :attr:`factor_sizes`).
+        """
         if isinstance(factors, torch.Tensor):
             factors = factors.detach().cpu().numpy()
         factors = np.asarray(factors)
-        if factors.ndim != 2 or factors.shape[1] != self.num_factors:
-            raise ValueError(
-                f"{name} must have shape [num, {self.num_factors}] (one column per factor "
-                f"{self.factor_names}), got {factors.shape}"
-            )
+        sizes_arr = np.asarray(self.factor_sizes if sizes is None else sizes)
+        if factors.ndim != 2 or factors.shape[1] != sizes_arr.size:
+            names = f" (one column per factor {self.factor_names})" if sizes is None else ""
+            raise ValueError(f"{name} must have shape [num, {sizes_arr.size}]{names}, got {factors.shape}")
+        if factors.dtype == np.bool_ or not np.issubdtype(factors.dtype, np.number):
+            raise TypeError(f"{name} must hold integer class indices, got dtype {factors.dtype}")
         if not np.issubdtype(factors.dtype, np.integer):
-            if not np.all(np.equal(np.mod(factors, 1), 0)):
+            with np.errstate(invalid="ignore"):
+                integral = np.isfinite(factors).all() and np.all(np.equal(np.mod(factors, 1), 0))
+            if not integral:
                 raise TypeError(f"{name} must hold integer class indices, got dtype {factors.dtype}")
         factors = factors.astype(np.int64)
-        sizes = np.asarray(self.factor_sizes)
-        if np.any(factors < 0) or np.any(factors >= sizes):
-            raise ValueError(f"{name} out of range: column k must lie in [0, factor_sizes[k]) = {sizes.tolist()}")
+        if np.any(factors < 0) or np.any(factors >= sizes_arr):
+            raise ValueError(f"{name} out of range: column k must lie in [0, sizes[k]) = {sizes_arr.tolist()}")
         return factors
 
 

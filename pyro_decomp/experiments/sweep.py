@@ -12,8 +12,13 @@ A sweep file::
 The base experiment is loaded at its default size; the sweep's size overrides are applied on top.
 
 Outputs in the sweep directory: ``runs/<name>/`` (full run directories), ``grid.png`` (one density
-panel per run, first seed), ``summary.csv`` and ``summary.md``. Runs that already hold a
-``metrics.json`` for the same config are reused, so an interrupted sweep can be restarted.
+panel per run, first seed), ``summary.csv`` and ``summary.md``, ``sweep.json``.
+
+Rerunning the same sweep command resumes it (there is no ``--resume`` flag): finished runs of the
+same config are reused, runs with a damaged ``metrics.json`` or figure are re-evaluated from their
+final checkpoint, unfinished runs continue from their latest readable checkpoint, and a run directory
+holding another config is trained afresh. A failed run is one line in the log; its traceback is
+saved as ``runs/<name>/sweep_error.txt``.
 """
 
 from __future__ import annotations
@@ -172,43 +177,176 @@ def load_sweep(name: str | Path, *, size: str | None = None, overrides: Mapping[
     return out
 
 
-def _sweep_worker(config: dict[str, Any], run_dir: str, threads: int) -> dict[str, Any]:
-    """Run (or reuse) one run; never raises, so one failure does not stop the sweep."""
+def _saved_config(run_dir: Path) -> dict[str, Any] | None:
+    """The run's resolved config as a dict, or ``None`` when ``config.yaml`` is absent or unreadable."""
+    from ..runner import load_run_config
+
+    try:
+        return json.loads(json.dumps(config_to_dict(load_run_config(run_dir))))
+    except (OSError, ValueError):  # missing, truncated or hand-edited into an invalid config
+        return None
+
+
+def _same_run(run_dir: Path, config: dict[str, Any]) -> bool:
+    """Whether ``run_dir`` holds a run of ``config``: its ``config.yaml`` says so or, when that file is
+    damaged, its latest checkpoint does (each checkpoint stores the config); ``config.yaml`` is then rewritten."""
+    from ..config import save_config
+    from ..train import load_checkpoint
+
+    if not run_dir.is_dir():
+        return False
+    saved = _saved_config(run_dir)
+    if saved is not None:
+        return saved == config
+    try:
+        stored = load_checkpoint(run_dir).get("config")
+        same = json.loads(json.dumps(stored)) == config
+    except (OSError, ValueError, TypeError):  # no checkpoint, or an unreadable one
+        return False
+    if same:
+        save_config(config_from_dict(config), run_dir / "config.yaml")
+    return same
+
+
+def _read_metrics(path: Path) -> dict[str, Any] | None:
+    """``metrics.json`` as a dict, or ``None`` when it is absent, truncated or not a JSON object."""
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None
+    return metrics if isinstance(metrics, dict) and isinstance(metrics.get("measures", {}), dict) else None
+
+
+def _figures_ok(run_dir: Path, config: Mapping[str, Any]) -> bool:
+    """Whether the run's figure files are present and readable (else the run is re-evaluated)."""
+    figures = run_dir / "figures"
+    if config["data"]["name"] == "dsprites":
+        return not config["eval"]["figures"] or _png_ok(figures / "traversals.png")
+    if _load_density(figures / "aggregate_posterior.npz") is None:
+        return False
+    return not config["eval"]["figures"] or _png_ok(figures / "aggregate_posterior.png")
+
+
+def _png_ok(path: Path) -> bool:
+    try:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            image.verify()  # reads the whole file and checks its chunks; no pixel decoding
+        return True
+    except Exception:  # PIL raises OSError, SyntaxError, struct.error, ... for a damaged file
+        return False
+
+
+def _load_density(path: Path) -> dict[str, np.ndarray] | None:
+    """The density grid a pinwheel run saved for the sweep figure, or ``None`` when unreadable."""
+    keys = ("density", "prior_density", "extent")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            panel = {k: np.asarray(data[k]) for k in keys}
+    except Exception:  # BadZipFile, a non-npz file, a missing key, an object array, ...
+        return None
+    ok = panel["density"].ndim == 2 and panel["extent"].shape == (4,) and np.isfinite(panel["extent"]).all()
+    return panel if ok else None
+
+
+# set in a pool worker process once Ctrl-C reached it: the runs it has already taken from the pool's
+# queue (which shutdown(cancel_futures=True) cannot recall) then return at once instead of training
+_INTERRUPTED = False
+
+
+def _sweep_worker(config: dict[str, Any], run_dir: str, threads: int, pooled: bool = False) -> dict[str, Any]:
+    """Run, continue or reuse one run; never raises, so one failure does not stop the sweep.
+
+    A run directory left by an earlier call of the same sweep is picked up where it stopped:
+    finished runs are reused; a run whose ``metrics.json`` or figures are missing or unreadable is
+    re-evaluated from its final checkpoint; an unfinished run continues from its latest readable
+    checkpoint (``checkpoint.pt`` or ``checkpoints/step_*.pt``); a run directory holding another
+    config, or no usable checkpoint, is started afresh.
+    """
     import torch
 
+    global _INTERRUPTED
     torch.set_num_threads(max(1, threads))
     run_dir_p = Path(run_dir)
     t0 = time.perf_counter()
+    if _INTERRUPTED:
+        return {"status": "failed", "error": "interrupted before it started", "run_dir": str(run_dir_p)}
     try:
-        from ..runner import load_run_config, run_experiment
-
-        metrics_path = run_dir_p / "metrics.json"
-        image = config["data"]["name"] == "dsprites"
-        marker = run_dir_p / "figures" / ("traversals.png" if image else "aggregate_posterior.npz")
-        reuse = metrics_path.is_file() and (marker.is_file() or (image and not config["eval"]["figures"]))
-        if reuse:
-            reuse = config_to_dict(load_run_config(run_dir_p)) == config
-        if reuse:
-            result = json.loads(metrics_path.read_text())
-            result["status"] = "reused"
-        else:
-            has_ckpt = (run_dir_p / "checkpoint.pt").is_file()
-            same = has_ckpt and config_to_dict(load_run_config(run_dir_p)) == config
-            result = run_experiment(
-                config, run_dir_p, resume=bool(same), overwrite=bool(has_ckpt and not same), progress=False
-            )
-            result = {k: v for k, v in result.items() if k not in ("density", "prior_density", "extent")}
-            result["status"] = "ok"
+        result, note = _run_or_reuse(config, run_dir_p)
+        (run_dir_p / "sweep_error.txt").unlink(missing_ok=True)  # from an earlier, failed attempt
         result["run_dir"] = str(run_dir_p)
+        if note:
+            result["note"] = note
         return result
+    except KeyboardInterrupt:
+        _INTERRUPTED = pooled
+        raise
     except Exception as e:  # report and move on; the summary marks the run as failed
+        trace = traceback.format_exc()
+        # one line in the sweep's log (Pyro appends a shape table to errors raised inside a model);
+        # the whole traceback goes next to the run
+        error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+        try:
+            run_dir_p.mkdir(parents=True, exist_ok=True)
+            (run_dir_p / "sweep_error.txt").write_text(trace)
+            error += f" (traceback: {run_dir_p / 'sweep_error.txt'})"
+        except OSError:
+            pass
         return {
             "status": "failed",
-            "error": f"{type(e).__name__}: {e}",
-            "traceback": traceback.format_exc(),
+            "error": error,
+            "traceback": trace,
             "run_dir": str(run_dir_p),
             "seconds": time.perf_counter() - t0,
         }
+
+
+def _run_or_reuse(config: dict[str, Any], run_dir: Path) -> tuple[dict[str, Any], str | None]:
+    from ..runner import run_experiment
+    from ..train import CheckpointError, latest_checkpoint
+
+    same = _same_run(run_dir, config)
+    metrics_path = run_dir / "metrics.json"
+    note = None
+    if same and metrics_path.is_file():
+        metrics = _read_metrics(metrics_path)
+        if metrics is not None and _figures_ok(run_dir, config):
+            return {**metrics, "status": "reused"}, None
+        note = "metrics.json unreadable" if metrics is None else "figures missing or unreadable"
+        note += "; re-evaluated from the checkpoint"
+
+    def finish(result: dict[str, Any]) -> dict[str, Any]:
+        result = {k: v for k, v in result.items() if k not in ("density", "prior_density", "extent")}
+        return {**result, "status": "ok"}
+
+    checkpoint = latest_checkpoint(run_dir) if run_dir.is_dir() else None
+    if same and checkpoint is not None:
+        # the newest checkpoint first; a damaged one (a crash mid-write on a filesystem without atomic
+        # rename, a hand-edited file) falls back to the older step files, then to a fresh start
+        candidates = [checkpoint, *sorted((run_dir / "checkpoints").glob("step_*.pt"), reverse=True)]
+        errors = []
+        for path in dict.fromkeys(candidates):
+            try:
+                result = run_experiment(config, run_dir, resume=path, progress=False)
+            except CheckpointError as e:
+                errors.append(f"{path.name}: {str(e).split('(')[0].strip()}")
+                continue
+            if note is None:
+                note = f"continued from {path.relative_to(run_dir)}"
+            return finish(result), note
+        note = f"no usable checkpoint ({'; '.join(errors)}); started afresh"
+        return finish(run_experiment(config, run_dir, overwrite=True, progress=False)), note
+    if checkpoint is None:
+        if run_dir.is_dir():
+            # killed before its first checkpoint: drop the partial log so the fresh run's log starts clean
+            (run_dir / "logs" / "train.jsonl").unlink(missing_ok=True)
+            (run_dir / "metrics.json").unlink(missing_ok=True)
+        if note is not None:
+            note = note.replace("re-evaluated from the checkpoint", "no checkpoint to re-evaluate, trained afresh")
+        return finish(run_experiment(config, run_dir, progress=False)), note
+    note = "the run directory held another config; started afresh"
+    return finish(run_experiment(config, run_dir, overwrite=True, progress=False)), note
 
 
 def _run_local(jobs: list[tuple[dict, str]], workers: int, log) -> list[dict]:
@@ -220,10 +358,21 @@ def _run_local(jobs: list[tuple[dict, str]], workers: int, log) -> list[dict]:
 
     threads = max(1, (os.cpu_count() or 1) // workers)
     results: list[dict | None] = [None] * len(jobs)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(_sweep_worker, c, d, threads): i for i, (c, d) in enumerate(jobs)}
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+    try:
+        futures = {pool.submit(_sweep_worker, c, d, threads, True): i for i, (c, d) in enumerate(jobs)}
         for fut in as_completed(futures):
-            results[futures[fut]] = _report(fut.result(), log)
+            i = futures[fut]
+            try:
+                res = fut.result()
+            except Exception as e:  # the worker process died (killed, out of memory): BrokenProcessPool
+                res = {"status": "failed", "error": f"{type(e).__name__}: {e}", "run_dir": jobs[i][1]}
+            results[i] = _report(res, log)
+    except BaseException:
+        # Ctrl-C: without cancel_futures the pool would start every queued run before shutting down
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     return [r for r in results if r is not None]
 
 
@@ -263,6 +412,8 @@ def _run_ray(jobs: list[tuple[dict, str]], workers: int, address: str | None, lo
 
 def _report(result: dict, log) -> dict:
     name = Path(result.get("run_dir", "?")).name
+    if result.get("note"):
+        log(f"[sweep] {name}: {result['note']}")
     if result.get("status") == "failed":
         log(f"[sweep] {name}: FAILED: {result.get('error')}")
     else:
@@ -376,28 +527,71 @@ def run_sweep(
         run.config = cfg
         jobs.append((cfg, str(out_dir / "runs" / run.name)))
     log(f"[sweep] {spec.id}: {len(jobs)} runs on {executor} with {workers} worker(s) -> {out_dir}")
+    _log_progress_so_far(jobs, log)
     t0 = time.perf_counter()
-    if executor == "local":
-        results = _run_local(jobs, workers, log)
-    else:
-        results = _run_ray(jobs, workers, address, log)
+    try:
+        if executor == "local":
+            results = _run_local(jobs, workers, log)
+        else:
+            results = _run_ray(jobs, workers, address, log)
+    except KeyboardInterrupt:
+        log(
+            "[sweep] interrupted: finished runs are kept and unfinished ones keep their latest checkpoint; "
+            "run the same sweep command again to resume it."
+        )
+        raise
     rows = [_row(run, res) for run, res in zip(spec.runs, results, strict=True)]
     image = bool(spec.runs) and spec.runs[0].config["data"]["name"] == "dsprites"
     _write_tables(rows, out_dir, IMAGE_SUMMARY_COLUMNS if image else SUMMARY_COLUMNS)
-    if not image:  # dSprites runs have no density panels; each run has figures/traversals.png
-        _grid_figure(spec, results, out_dir / "grid.png")
-    (out_dir / "sweep.json").write_text(
-        json.dumps({"id": spec.id, "runs": [r.name for r in spec.runs], "seconds": time.perf_counter() - t0}, indent=2)
+    _write_text_atomic(
+        out_dir / "sweep.json",
+        json.dumps({"id": spec.id, "runs": [r.name for r in spec.runs], "seconds": time.perf_counter() - t0}, indent=2),
     )
+    wrote = f"{out_dir / 'summary.md'}"
+    if not image:  # dSprites runs have no density panels; each run has figures/traversals.png
+        try:
+            _grid_figure(spec, results, out_dir / "grid.png", log)
+            wrote += f" and {out_dir / 'grid.png'}"
+        except Exception as e:  # the tables above hold the results; a figure failure must not hide them
+            (out_dir / "grid.png").unlink(missing_ok=True)  # never leave a stale grid behind
+            log(f"[sweep] could not draw grid.png: {type(e).__name__}: {e}")
     failed = [r["name"] for r in rows if r["status"] == "failed"]
-    wrote = f"{out_dir / 'summary.md'}" + ("" if image else f" and {out_dir / 'grid.png'}")
     log(f"[sweep] done in {time.perf_counter() - t0:.1f} s; wrote {wrote}")
     if failed:
         log(f"[sweep] {len(failed)} run(s) failed: {', '.join(failed)} (see the error lines above)")
     return rows
 
 
-def _grid_figure(spec: SweepSpec, results: Sequence[Mapping[str, Any]], path: Path) -> None:
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _log_progress_so_far(jobs: Sequence[tuple[dict, str]], log) -> None:
+    """On a rerun, say that the sweep resumes and how much of it is already done."""
+    from ..train import latest_checkpoint
+
+    done = started = other = 0
+    for config, run_dir in jobs:
+        d = Path(run_dir)
+        if not d.is_dir() or latest_checkpoint(d) is None:
+            continue
+        saved = _saved_config(d)
+        if saved is not None and saved != config:
+            other += 1
+        elif (d / "metrics.json").is_file():
+            done += 1
+        else:
+            started += 1
+    if done or started or other:
+        log(
+            f"[sweep] resuming: {done} of {len(jobs)} runs finished earlier, {started} continue from their "
+            f"checkpoints" + (f", {other} hold another config and start afresh" if other else "")
+        )
+
+
+def _grid_figure(spec: SweepSpec, results: Sequence[Mapping[str, Any]], path: Path, log=print) -> None:
     from ..analysis.plots import plot_density_grid, save_figure
 
     first_seed = spec.runs[0].seed if spec.runs else 0
@@ -408,9 +602,17 @@ def _grid_figure(spec: SweepSpec, results: Sequence[Mapping[str, Any]], path: Pa
             continue
         npz = Path(res.get("run_dir", "")) / "figures" / "aggregate_posterior.npz"
         panel: dict[str, Any] = {"title": run.title}
-        if res.get("status") != "failed" and npz.is_file():
-            with np.load(npz, allow_pickle=False) as data:
-                panel.update({k: data[k] for k in ("density", "prior_density", "extent")})
+        if res.get("status") != "failed":
+            density = _load_density(npz)
+            if density is None:
+                log(f"[sweep] {run.name}: {npz} is missing or unreadable; its grid.png panel is left empty")
+            else:
+                panel.update(density)
         panels[run.row][run.col] = panel
     fig = plot_density_grid(panels, suptitle=f"{spec.id}: density of q(z) over p(z) contours")
-    save_figure(fig, path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")  # atomic: a crash keeps the old grid whole
+    try:
+        save_figure(fig, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

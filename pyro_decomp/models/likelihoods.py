@@ -19,7 +19,55 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BernoulliLikelihood", "GaussianLikelihood", "LaplaceLikelihood", "Likelihood"]
+__all__ = [
+    "BernoulliLikelihood",
+    "DataError",
+    "GaussianLikelihood",
+    "LaplaceLikelihood",
+    "Likelihood",
+    "as_observations",
+]
+
+
+class DataError(ValueError):
+    """Observations a model cannot use (NaN, wrong shape, non-binary data for a Bernoulli likelihood).
+
+    The message stays one line: Pyro re-raises a ``ValueError`` from inside a traced model as the same
+    class with the trace's shape table appended, which would bury the message and its fix.
+    """
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(str(message).split("\n", 1)[0])
+
+
+def as_observations(x: object, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` as a tensor of the network's floating ``dtype``, converting only where no value changes meaning.
+
+    * floating data (``float64`` from NumPy, ``float16``, ...) is cast to ``dtype``, as PyTorch layers need;
+    * ``bool`` and integer data holding only 0 and 1 (binary images; dSprites' own ``uint8`` format) are
+      cast exactly;
+    * other integer data is ambiguous (8-bit intensities or counts?), so it is a :class:`TypeError` that
+      says what to pass.
+
+    :raises TypeError: for a non-tensor, a complex tensor or non-binary integer data.
+    """
+    if not torch.is_tensor(x):
+        raise TypeError(
+            f"observations must be a torch.Tensor, got {type(x).__name__}; "
+            "convert with torch.as_tensor(x, dtype=torch.float32)."
+        )
+    if x.dtype == dtype:
+        return x
+    if x.is_complex():
+        raise TypeError(f"observations have complex dtype {x.dtype}; pass real data (e.g. x.real or x.abs()).")
+    if x.is_floating_point() or x.dtype == torch.bool:
+        return x.to(dtype)
+    if x.numel() and not ((x == 0) | (x == 1)).all():
+        raise TypeError(
+            f"observations have integer dtype {x.dtype} with values up to {int(x.max())}; pass floating-point "
+            "data: x.float() / 255 for 8-bit images in [0, 1], or x.float() to keep the values."
+        )
+    return x.to(dtype)
 
 
 class Likelihood:
@@ -39,13 +87,20 @@ class Likelihood:
         if not torch.is_tensor(x):
             raise TypeError(f"observations must be a torch.Tensor, got {type(x).__name__}.")
         if x.dim() < self.event_dim:
-            raise ValueError(
+            raise DataError(
                 f"observations must have at least event_dim={self.event_dim} dimensions, got shape {tuple(x.shape)}."
             )
-        if not torch.isfinite(x).all():
-            raise ValueError("observations contain NaN or infinite values; clean or impute the data first.")
+        if x.is_floating_point() and not torch.isfinite(x).all():
+            bad = int((~torch.isfinite(x)).sum())
+            raise DataError(
+                f"observations contain NaN or infinite values ({bad} of {x.numel()}); clean or impute the data first "
+                "(e.g. drop rows with ~torch.isfinite(x).all(-1))."
+            )
 
     def __call__(self, params: torch.Tensor, obs: torch.Tensor | None = None) -> torch.Tensor:
+        """Observe ``obs`` (cast to the decoder's dtype, see :func:`as_observations`) at :attr:`site`."""
+        if obs is not None and (not torch.is_tensor(obs) or obs.dtype != params.dtype):
+            obs = as_observations(obs, params.dtype)
         return pyro.sample(self.site, self.distribution(params), obs=obs)
 
     def _split(self, params: torch.Tensor, fixed_scale: float | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,7 +126,7 @@ class BernoulliLikelihood(Likelihood):
         super().check_data(x)
         if ((x != 0) & (x != 1)).any():
             bad = x[(x != 0) & (x != 1)].flatten()[:3].tolist()
-            raise ValueError(
+            raise DataError(
                 f"BernoulliLikelihood needs binary data in {{0, 1}}, found values such as {bad}. "
                 "Binarise the data (e.g. x > 0.5) or use GaussianLikelihood / LaplaceLikelihood."
             )

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pyro
 import torch
 from pyro.nn import PyroModule, pyro_method
 from pyro.params.param_store import param_with_module_name
 
 from ..guides import AmortizedGaussianGuide, data_plate
-from .likelihoods import Likelihood
+from .likelihoods import DataError, Likelihood, as_observations
 from .priors import Prior
 
 __all__ = ["VAE"]
@@ -21,6 +23,12 @@ class VAE(PyroModule):
     Both open the same ``"data"`` plate, so :class:`~pyro_decomp.DecompositionELBO` and Pyro's own
     ELBOs accept them. The ELBO finds :attr:`prior` through ``vae.model`` and samples the prior
     program directly, so the decoder does not run twice.
+
+    ``x`` is ``[batch, *obs_shape]`` on the networks' device. Data of another floating dtype (NumPy's
+    ``float64``, ``float16``), ``bool`` data and integer data holding only 0 and 1 (dSprites' ``uint8``
+    images) are cast to the networks' dtype; other integer data, NaNs, an empty batch or a shape the
+    encoder does not take raise a one-line :class:`TypeError` or
+    :class:`~pyro_decomp.models.likelihoods.DataError` (a ``ValueError``) that names the fix.
 
     >>> import pyro, torch
     >>> from pyro_decomp.models import GaussianMixturePrior, GaussianLikelihood
@@ -62,12 +70,48 @@ class VAE(PyroModule):
     def latent_site(self) -> str:
         return self.guide_module.site
 
-    def _maybe_check(self, x: torch.Tensor) -> None:
-        # the check is a full pass over the batch; remember the last batch object seen to skip repeats
-        key = (id(x), tuple(x.shape))
-        if self.check_data and self._checked != key:
+    def _first_param(self) -> torch.Tensor | None:
+        for module in (self._modules["guide_module"], self._modules["decoder"]):
+            for p in module.parameters():
+                if p.is_floating_point():
+                    return p
+        return None
+
+    def _prepare(self, x: torch.Tensor, *, check: bool = True) -> torch.Tensor:
+        """``x`` cast to the networks' dtype (:func:`~pyro_decomp.models.likelihoods.as_observations`) and
+        checked: shape ``[batch, *obs_shape]`` of the encoder, then the likelihood's own check."""
+        x_in = x
+        param = self._first_param()
+        x = as_observations(x, torch.get_default_dtype() if param is None else param.dtype)
+        if param is not None and x.device != param.device:
+            raise DataError(
+                f"x is on {x.device} but the networks are on {param.device}; move the data once, before "
+                f"training: x = x.to({str(param.device)!r})."
+            )
+        obs_shape = getattr(self.encoder, "obs_shape", None)
+        if x.dim() < 1 or x.shape[0] == 0:
+            raise DataError(f"x must hold at least one data point on axis 0, got shape {list(x.shape)}.")
+        if obs_shape is not None and tuple(x.shape[1:]) != tuple(obs_shape):
+            raise DataError(self._shape_message(x, tuple(obs_shape)))
+        # the likelihood's check is a full pass over the batch; remember the last batch seen to skip repeats
+        key = (id(x_in), tuple(x_in.shape), x_in.dtype)
+        if check and self.check_data and self._checked != key:
             self.likelihood.check_data(x)
             self._checked = key
+        return x
+
+    def _shape_message(self, x: torch.Tensor, obs_shape: tuple[int, ...]) -> str:
+        want = ", ".join(str(s) for s in obs_shape)
+        got = list(x.shape)
+        if tuple(x.shape) == obs_shape:
+            fix = "add the batch axis: x.unsqueeze(0)"
+        elif obs_shape[0] == 1 and tuple(x.shape[1:]) == obs_shape[1:]:
+            fix = "add the channel axis: x.unsqueeze(1)"
+        elif x.dim() >= 1 and x[0].numel() == math.prod(obs_shape):
+            fix = f"reshape it: x.reshape(-1, {want})"
+        else:
+            fix = f"resize or reshape the data to [batch, {want}], or build networks for this shape"
+        return f"x has shape {got} but {type(self.encoder).__name__} takes [batch, {want}]; {fix}."
 
     def _claim_param_store(self) -> None:
         """Make this model the owner of its parameter names in Pyro's global param store.
@@ -99,7 +143,7 @@ class VAE(PyroModule):
     def model(self, x: torch.Tensor, *, dataset_size: int | None = None) -> torch.Tensor:
         """:math:`z \\sim p(z)`, :math:`x \\sim p_\\theta(x \\mid z)` for ``x: [batch, *obs_shape]``."""
         self._claim_param_store()
-        self._maybe_check(x)
+        x = self._prepare(x)
         with data_plate(x, dataset_size):
             z = self.prior()
             return self.likelihood(self.decoder(z), obs=x)
@@ -108,16 +152,16 @@ class VAE(PyroModule):
     def guide(self, x: torch.Tensor, *, dataset_size: int | None = None) -> torch.Tensor:
         """:math:`z \\sim q_\\phi(z \\mid x)`."""
         self._claim_param_store()  # SVI runs the guide first
-        return self.guide_module(x, dataset_size=dataset_size)
+        return self.guide_module(self._prepare(x), dataset_size=dataset_size)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder mean and scale, each ``[batch, latent]``."""
-        return self.encoder(x)
+        return self.encoder(self._prepare(x, check=False))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """The likelihood's mean at the encoder mean, ``[batch, *obs_shape]``."""
-        loc, _ = self.encoder(x)
+        loc, _ = self.encoder(self._prepare(x, check=False))
         return self.likelihood.distribution(self.decoder(loc)).mean
 
     @torch.no_grad()

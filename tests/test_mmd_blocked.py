@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pyro_decomp.divergences import MMD, AggregateBatch, PerDimensionIMQKernel, mmd_u_statistic
+from pyro_decomp.divergences import MMD, AggregateBatch, IMQKernel, PerDimensionIMQKernel, RBFKernel, mmd_u_statistic
 from pyro_decomp.divergences import _utils
 from pyro_decomp.divergences import mmd as mmd_module
 
@@ -90,6 +90,23 @@ def test_fused_mmd_gradcheck_and_one_sided_gradients(monkeypatch):
     # only the encoder side needs a gradient in training: the prior samples' is not computed
     (gx,) = torch.autograd.grad(mmd_u_statistic(x, y.detach(), k).sum(), (x,))
     torch.testing.assert_close(gx, torch.autograd.grad(_reference_mmd(x, y.detach()).sum(), (x,))[0])
+
+
+EUCLIDEAN = {"imq": IMQKernel(), "imq-single": IMQKernel(c=2.0), "rbf": RBFKernel(bandwidths=(0.5, 3.0))}
+
+
+@pytest.mark.parametrize("kernel", EUCLIDEAN.values(), ids=EUCLIDEAN.keys())
+@pytest.mark.parametrize("x_shape, y_shape", SHAPES, ids=[str(s[0]) for s in SHAPES])
+def test_fused_euclidean_mmd_matches_gram_matrices(kernel, x_shape, y_shape, budget):
+    """IMQ and RBF: the fused row-block statistic equals the U-statistic of the kernel's Gram matrices."""
+    x, y = _inputs(x_shape, y_shape, seed=6)
+    ref = mmd_u_statistic(x, y, lambda a, b: kernel(a, b))  # a plain callable: the Gram-matrix path
+    ref_g = torch.autograd.grad(ref.sum(), (x, y))
+    out = mmd_u_statistic(x, y, kernel)
+    out_g = torch.autograd.grad(out.sum(), (x, y))
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
+    for got, want in zip(out_g, ref_g):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
 
 
 def test_fused_path_equals_generic_gram_path():

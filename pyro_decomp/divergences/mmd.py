@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -47,11 +48,17 @@ class IMQKernel:
 
     def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         d2 = _sq_dist(a, b)
-        cs = self.c if self.c is not None else tuple(2.0 * a.shape[-1] * s for s in self.scales)
         out = torch.zeros_like(d2)
-        for c in cs:
+        for c in self._constants(a.shape[-1]):
             out = out + c / (c + d2)
         return out
+
+    def _constants(self, dim: int) -> tuple[float, ...]:
+        return self.c if self.c is not None else tuple(2.0 * dim * s for s in self.scales)
+
+    def _mmd_u_statistic(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The fused :func:`mmd_u_statistic` (row blocks of distances, :class:`_RadialMMD`)."""
+        return _RadialMMD.apply(x, y, _imq_terms, self._constants(x.shape[-1]))
 
 
 class RBFKernel:
@@ -66,6 +73,94 @@ class RBFKernel:
         for bw in self.bandwidths:
             out = out + torch.exp(-d2 / (2.0 * bw * bw))
         return out
+
+    def _mmd_u_statistic(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The fused :func:`mmd_u_statistic` (row blocks of distances, :class:`_RadialMMD`)."""
+        return _RadialMMD.apply(x, y, _rbf_terms, self.bandwidths)
+
+
+def _imq_terms(d2: torch.Tensor, constants, scratch: torch.Tensor, want_grad: bool):
+    """``(Σ_C Σ_ij C / (C + d2_ij), Σ_C ∂/∂d2 [C / (C + d2)])`` for one block of squared distances."""
+    total, dk = d2.new_zeros(()), (torch.zeros_like(d2) if want_grad else None)
+    for c in constants:
+        r = torch.add(d2, c, out=scratch).reciprocal_()
+        total += c * r.sum()
+        if want_grad:
+            dk.addcmul_(r, r, value=-c)
+    return total, dk
+
+
+def _rbf_terms(d2: torch.Tensor, bandwidths, scratch: torch.Tensor, want_grad: bool):
+    """``(Σ_ℓ Σ_ij exp(-d2_ij / 2ℓ²), Σ_ℓ ∂/∂d2 exp(-d2 / 2ℓ²))`` for a block of squared distances."""
+    total, dk = d2.new_zeros(()), (torch.zeros_like(d2) if want_grad else None)
+    for bw in bandwidths:
+        g = -1.0 / (2.0 * bw * bw)
+        e = torch.mul(d2, g, out=scratch).exp_()
+        total += e.sum()
+        if want_grad:
+            dk.add_(e, alpha=g)
+    return total, dk
+
+
+def _radial_accumulate(a, b, terms, params, weight, ga, gb, acc, budget, *, same: bool) -> None:
+    """Add ``weight * sum_{i, j} k(a_i, b_j)`` for a kernel of the squared distance to ``acc`` and its
+    gradient to ``ga``/``gb``, in blocks of rows of the ``[n, m]`` distance matrix. With ``same``
+    (``b is a``) the diagonal ``i = j`` is left out: its distance is set to ``inf``, where both kernels
+    and their derivatives are exactly 0."""
+    n, m = a.shape[0], b.shape[0]
+    a_sq, b_sq = a.square().sum(-1), b.square().sum(-1)
+    want_grad = ga is not None or gb is not None
+    step = max(1, budget // max(1, m))
+    scratch = torch.empty(min(n, step) * m, dtype=a.dtype, device=a.device)
+    for r0 in range(0, n, step):
+        r1 = min(n, r0 + step)
+        ai = a[r0:r1]
+        # the same |a|² + |b|² - 2 a·b, clamped at 0, as _sq_dist
+        d2 = (a_sq[r0:r1].unsqueeze(1) + b_sq.unsqueeze(0)).sub_(ai @ b.T, alpha=2.0).clamp_min_(0.0)
+        if same:
+            d2.diagonal(offset=r0).fill_(math.inf)
+        total, dk = terms(d2, params, scratch[: d2.numel()].view_as(d2), want_grad)
+        acc.add_(total, alpha=weight)
+        if want_grad:
+            c = dk.mul_(2.0 * weight)  # ∂/∂a_i = Σ_j c_ij (a_i - b_j), ∂/∂b_j = Σ_i c_ij (b_j - a_i)
+            if ga is not None:
+                ga[r0:r1].add_(ai * c.sum(1, keepdim=True) - c @ b)
+            if gb is not None:
+                gb.add_(b * c.sum(0).unsqueeze(1) - c.T @ ai)
+
+
+class _RadialMMD(torch.autograd.Function):
+    """:math:`\\widehat{\\mathrm{MMD}}^2_u` for a kernel of the squared Euclidean distance (IMQ, RBF),
+    without the Gram matrices: rows of the ``[n, m]`` distance matrices are built in blocks of at most
+    :func:`~._utils.block_elements` elements, and the gradient is accumulated in the same pass (two
+    matrix products per block), so memory is ``O(budget + (n + m) D)`` instead of a dozen ``[n, m]``
+    tensors kept for autograd per Gram matrix."""
+
+    @staticmethod
+    def forward(ctx, x, y, terms, params):  # noqa: D401
+        batch, x3, y3 = _pair_inputs(x, y)
+        n, m = x3.shape[-2], y3.shape[-2]
+        need_x, need_y = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        budget = block_elements(x3.device)
+        values, gxs, gys = [], [], []
+        for xp, yp in zip(x3, y3):
+            acc = _accumulator(xp)
+            gx = torch.zeros_like(xp) if need_x else None
+            gy = torch.zeros_like(yp) if need_y else None
+            _radial_accumulate(xp, xp, terms, params, 1.0 / (n * (n - 1)), gx, gx, acc, budget, same=True)
+            _radial_accumulate(yp, yp, terms, params, 1.0 / (m * (m - 1)), gy, gy, acc, budget, same=True)
+            _radial_accumulate(xp, yp, terms, params, -2.0 / (n * m), gx, gy, acc, budget, same=False)
+            values.append(acc)
+            gxs.append(gx)
+            gys.append(gy)
+        ctx.shapes = (x.shape, y.shape, batch)
+        ctx.save_for_backward(torch.stack(gxs) if need_x else None, torch.stack(gys) if need_y else None)
+        return torch.stack(values).to(x3.dtype).reshape(batch)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        return (*_scaled_input_grads(ctx, grad_out), None, None)
 
 
 def _pair_inputs(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Size, torch.Tensor, torch.Tensor]:
@@ -180,6 +275,20 @@ def _accumulator(like: torch.Tensor) -> torch.Tensor:
     return torch.zeros((), dtype=dtype, device=like.device)
 
 
+def _scaled_input_grads(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Backward of a fused MMD: the gradients saved by the forward pass ``[P, n, D]``, scaled by
+    ``grad_out`` and summed back to the shapes of the inputs (their leading dimensions may broadcast)."""
+    gx, gy = ctx.saved_tensors
+    x_shape, y_shape, batch = ctx.shapes
+    scale = grad_out.reshape(-1, 1, 1)
+    grad_x = grad_y = None
+    if gx is not None:
+        grad_x = (gx * scale).reshape(*batch, *gx.shape[-2:]).sum_to_size(x_shape)
+    if gy is not None:
+        grad_y = (gy * scale).reshape(*batch, *gy.shape[-2:]).sum_to_size(y_shape)
+    return grad_x, grad_y
+
+
 class _PerDimMMD(torch.autograd.Function):
     """:math:`\\widehat{\\mathrm{MMD}}^2_u` with the per-dimension kernel of 004 Eq. 10, in blocks.
 
@@ -220,15 +329,7 @@ class _PerDimMMD(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        gx, gy = ctx.saved_tensors
-        x_shape, y_shape, batch = ctx.shapes
-        scale = grad_out.reshape(-1, 1, 1)
-        grad_x = grad_y = None
-        if gx is not None:
-            grad_x = (gx * scale).reshape(*batch, *gx.shape[-2:]).sum_to_size(x_shape)
-        if gy is not None:
-            grad_y = (gy * scale).reshape(*batch, *gy.shape[-2:]).sum_to_size(y_shape)
-        return grad_x, grad_y, None
+        return (*_scaled_input_grads(ctx, grad_out), None)
 
 
 class _PerDimIMQ(torch.autograd.Function):

@@ -5,7 +5,8 @@ The baseline ("DD", as the authors' code computes it) is written here: for each 
 three Gram matrices, and forms the same unbiased U-statistic; autograd differentiates it. Ours is
 ``mmd_u_statistic(x, y, PerDimensionIMQKernel())``, which works in cache-sized blocks.
 
-Both run in one process, interleaved (each repeat times every variant in turn), for each thread count;
+Both run in one process, interleaved (each repeat times every variant and size in turn, in a rotating
+order), for each thread count;
 the table reports the minimum over ``--repeats`` of one forward + backward pass (``x`` [1, B, D] needs a
 gradient, as the encoder samples do; the prior samples ``y`` do not). ``speed-up = DD / ours``.
 
@@ -106,21 +107,22 @@ def _time(fn, x, y, sync, clock) -> float:
 
 
 def time_table(args, device) -> list[tuple]:
+    """Per thread count, every (variant, B) pair is timed once per repeat, in a rotating order, so that
+    a busy spell on a shared machine cannot favour one size or variant; minima over repeats."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)
-        for B in args.sizes:
-            names = ["ours"] + (["dd"] if B in args.dd_sizes else [])
-            x, y = inputs(B, args.dim, device)
-            for name in names:  # warm-up
-                _time(VARIANTS[name], x, y, sync, clock)
-            best = {name: math.inf for name in names}
-            for r in range(args.repeats):
-                for name in names[r % len(names) :] + names[: r % len(names)]:
-                    best[name] = min(best[name], _time(VARIANTS[name], x, y, sync, clock))
-            rows.append((threads, B, best.get("dd"), best["ours"]))
+        data = {B: inputs(B, args.dim, device) for B in args.sizes}
+        jobs = [(name, B) for B in args.sizes for name in ["ours"] + (["dd"] if B in args.dd_sizes else [])]
+        for name, B in jobs:  # warm-up
+            _time(VARIANTS[name], *data[B], sync, clock)
+        best = {job: math.inf for job in jobs}
+        for r in range(args.repeats):
+            for name, B in jobs[r % len(jobs) :] + jobs[: r % len(jobs)]:
+                best[name, B] = min(best[name, B], _time(VARIANTS[name], *data[B], sync, clock))
+        rows += [(threads, B, best.get(("dd", B)), best["ours", B]) for B in args.sizes]
     return rows
 
 

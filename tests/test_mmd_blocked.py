@@ -178,3 +178,12 @@ def test_blocked_mmd_on_cuda_matches_cpu():
     # float32 on the GPU (the training dtype) against float64 on the CPU
     g32 = mmd_u_statistic(xc.detach().float(), yc.detach().float(), k)
     torch.testing.assert_close(g32.double().cpu(), cpu.detach(), rtol=0, atol=1e-4)
+
+
+def test_a_subclass_that_redefines_the_kernel_is_not_fused():
+    class Doubled(IMQKernel):
+        def __call__(self, a, b):
+            return 2.0 * super().__call__(a, b)
+
+    x, y = _inputs((1, 8, 2), (1, 6, 2), seed=7)
+    torch.testing.assert_close(mmd_u_statistic(x, y, Doubled()), 2.0 * mmd_u_statistic(x, y, IMQKernel()))

@@ -419,6 +419,8 @@ class PerDimensionIMQKernel:
 
 
 _KERNELS = {"imq": IMQKernel, "per_dim": PerDimensionIMQKernel, "rbf": RBFKernel}
+# kernels whose U-statistic has a fused, blocked implementation (``_mmd_u_statistic``)
+_FUSED_CALLS = {IMQKernel.__call__, PerDimensionIMQKernel.__call__, RBFKernel.__call__}
 
 
 def mmd_u_statistic(x: torch.Tensor, y: torch.Tensor, kernel) -> torch.Tensor:
@@ -431,12 +433,17 @@ def mmd_u_statistic(x: torch.Tensor, y: torch.Tensor, kernel) -> torch.Tensor:
 
     Returns ``[...]``. Its expectation is exactly :math:`\\mathrm{MMD}^2` (zero for identical
     distributions), so single estimates can be negative.
+
+    With the built-in kernels (:class:`IMQKernel`, :class:`RBFKernel`, :class:`PerDimensionIMQKernel`)
+    the statistic is computed without the Gram matrices, in blocks, with its gradient accumulated in
+    the same pass (first-order differentiable only); any other callable ``k(a, b) -> [..., n, m]`` goes
+    through its Gram matrices.
     """
     n, m = x.shape[-2], y.shape[-2]
     if n < 2 or m < 2:
         raise ValueError(f"the MMD U-statistic needs at least 2 samples on each side, got n={n}, m={m}.")
     fused = getattr(kernel, "_mmd_u_statistic", None)
-    if fused is not None:  # a kernel that computes the whole statistic in blocks (PerDimensionIMQKernel)
+    if fused is not None and type(kernel).__call__ in _FUSED_CALLS:  # not if a subclass redefines k
         return fused(x, y)
     kxx, kyy, kxy = kernel(x, x), kernel(y, y), kernel(x, y)
     sum_xx = kxx.sum((-1, -2)) - kxx.diagonal(dim1=-2, dim2=-1).sum(-1)

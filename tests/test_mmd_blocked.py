@@ -164,20 +164,39 @@ def test_mismatched_dimensions_are_a_clear_error():
 
 
 @pytest.mark.cuda
-def test_blocked_mmd_on_cuda_matches_cpu():
+@pytest.mark.parametrize("kernel", [PerDimensionIMQKernel(), IMQKernel(), RBFKernel()], ids=["per-dim", "imq", "rbf"])
+def test_blocked_mmd_on_cuda_matches_cpu(kernel):
     x, y = _inputs((2, 300, 20), (2, 257, 20), seed=5)
-    k = PerDimensionIMQKernel()
-    cpu = mmd_u_statistic(x, y, k)
+    cpu = mmd_u_statistic(x, y, kernel)
     cgx, cgy = torch.autograd.grad(cpu.sum(), (x, y))
     xc, yc = x.detach().cuda().requires_grad_(), y.detach().cuda().requires_grad_()
-    gpu = mmd_u_statistic(xc, yc, k)
+    gpu = mmd_u_statistic(xc, yc, kernel)
     ggx, ggy = torch.autograd.grad(gpu.sum(), (xc, yc))
+    assert gpu.device.type == "cuda" and ggx.device.type == "cuda"
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-10)
     torch.testing.assert_close(ggx.cpu(), cgx, rtol=0, atol=1e-10)
     torch.testing.assert_close(ggy.cpu(), cgy, rtol=0, atol=1e-10)
-    # float32 on the GPU (the training dtype) against float64 on the CPU
-    g32 = mmd_u_statistic(xc.detach().float(), yc.detach().float(), k)
-    torch.testing.assert_close(g32.double().cpu(), cpu.detach(), rtol=0, atol=1e-4)
+    # float32 on the GPU (the training dtype) against float64 on the CPU: sums of ~10^6 float32 terms
+    g32 = mmd_u_statistic(xc.detach().float(), yc.detach().float(), kernel)
+    torch.testing.assert_close(g32.double().cpu(), cpu.detach(), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.cuda
+def test_blocked_inclusive_kl_on_cuda_matches_cpu():
+    import pyro.distributions as dist
+
+    from pyro_decomp.divergences import InclusiveKL
+
+    g = torch.Generator().manual_seed(8)
+    loc, scale = torch.randn(1, 200, 6, generator=g, dtype=torch.float64), 0.2 + torch.rand(1, 200, 6, generator=g)
+    z_p, log_p = torch.randn(1, 150, 6, generator=g, dtype=torch.float64), torch.zeros(1, 150, dtype=torch.float64)
+    out = {}
+    for device in ("cpu", "cuda"):
+        lc = loc.to(device).requires_grad_()
+        q = dist.Normal(lc, scale.double().to(device)).to_event(1)
+        value = InclusiveKL()(AggregateBatch(q, q.sample(), z_p.to(device), log_p.to(device)))
+        out[device] = (value.cpu(), torch.autograd.grad(value, lc)[0].cpu())
+    torch.testing.assert_close(out["cuda"], out["cpu"], rtol=0, atol=1e-10)
 
 
 def test_a_subclass_that_redefines_the_kernel_is_not_fused():

@@ -28,8 +28,8 @@ def _diag_normal_parts(guide_dist: Distribution, z: torch.Tensor) -> tuple[torch
     loc, scale = guide_dist.base_dist.loc, guide_dist.base_dist.scale
     if scale.shape != loc.shape:
         scale = scale.expand(loc.shape)
-    if loc.shape[0] != z.shape[0] or loc.shape[-1] != z.shape[-1]:
-        return None
+    if loc.shape[0] != z.shape[0] or loc.shape[-1] != z.shape[-1] or not (loc.dtype == scale.dtype == z.dtype):
+        return None  # broadcasting or type promotion: the generic path handles them
     return loc, scale
 
 

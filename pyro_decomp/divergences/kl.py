@@ -5,20 +5,18 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.autograd.function import once_differentiable
 from torch.distributions import Distribution, Independent, Normal
 
+from ._utils import block_elements
 from .base import AggregateBatch, Divergence, log_mean_exp, pairwise_log_prob
 
 __all__ = ["InclusiveKL"]
 
 
-def _diag_normal_pairwise_log_prob(guide_dist: Distribution, z: torch.Tensor) -> torch.Tensor | None:
-    """:func:`pairwise_log_prob` for a diagonal-Normal guide, or ``None`` for any other guide.
-
-    The same quantity as ``Normal.log_prob(...).sum(-1)``, with the per-encoder constants
-    :math:`-\\sum_d \\log s_{id} - \\tfrac D2 \\log 2\\pi` added after the sum over dimensions, so that
-    only three element-wise passes touch the ``[P, M, B, D]`` tensor (and its backward).
-    """
+def _diag_normal_parts(guide_dist: Distribution, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(loc, scale)``, each ``[P, B, D]``, of a diagonal-Normal guide whose particles match ``z: [P, M, D]``;
+    ``None`` for any other guide (which then goes through :func:`pairwise_log_prob`)."""
     if not (
         isinstance(guide_dist, Independent)
         and guide_dist.reinterpreted_batch_ndims == 1
@@ -27,12 +25,81 @@ def _diag_normal_pairwise_log_prob(guide_dist: Distribution, z: torch.Tensor) ->
         and z.dim() == 3
     ):
         return None
-    loc, scale = guide_dist.base_dist.loc, guide_dist.base_dist.scale  # [P, B, D]
+    loc, scale = guide_dist.base_dist.loc, guide_dist.base_dist.scale
     if scale.shape != loc.shape:
         scale = scale.expand(loc.shape)
-    y = (z.unsqueeze(-2) - loc.unsqueeze(-3)) / scale.unsqueeze(-3)  # [P, M, B, D]
-    log_norm = scale.log().sum(-1) + 0.5 * loc.shape[-1] * math.log(2 * math.pi)  # [P, B]
-    return -0.5 * y.square().sum(-1) - log_norm.unsqueeze(-2)
+    if loc.shape[0] != z.shape[0] or loc.shape[-1] != z.shape[-1] or not (loc.dtype == scale.dtype == z.dtype):
+        return None  # broadcasting or type promotion: the generic path handles them
+    return loc, scale
+
+
+class _NormalMixtureLogDensity(torch.autograd.Function):
+    """:math:`\\log \\frac1B \\sum_i \\mathcal N(z_j; \\mu_i, \\operatorname{diag} s_i^2)` for ``z: [P, M, D]`` and
+    ``loc, scale: [P, B, D]`` → ``[P, M]``, in blocks of rows ``j``.
+
+    The standardised differences ``[rows, B, D]`` live in one reused buffer of at most
+    :func:`~._utils.block_elements` elements; the forward pass keeps only the mixture weights
+    ``[P, M, B]`` (the responsibilities of each encoder for each prior sample), and the backward pass
+    recomputes the differences block by block. With :math:`y = (z - \\mu) / s` and weights :math:`w`:
+    :math:`\\partial/\\partial \\mu_i = \\sum_j w_{ji} y_{ji} / s_i`,
+    :math:`\\partial/\\partial s_i = \\sum_j w_{ji} (y_{ji}^2 - 1) / s_i`,
+    :math:`\\partial/\\partial z_j = -\\sum_i w_{ji} y_{ji} / s_i`.
+    """
+
+    @staticmethod
+    def forward(ctx, z, loc, scale):  # noqa: D401
+        P, M, D = z.shape
+        B = loc.shape[1]
+        inv = scale.reciprocal()
+        log_norm = scale.log().sum(-1) + 0.5 * D * math.log(2 * math.pi)  # [P, B]
+        rows = max(1, block_elements(z.device) // max(1, B * D))
+        buf = torch.empty(min(rows, M) * B * D, dtype=z.dtype, device=z.device)
+        out = torch.empty(P, M, dtype=z.dtype, device=z.device)
+        weights = torch.empty(P, M, B, dtype=z.dtype, device=z.device)
+        for p in range(P):
+            for j0 in range(0, M, rows):
+                j1 = min(M, j0 + rows)
+                y = buf[: (j1 - j0) * B * D].view(j1 - j0, B, D)
+                torch.sub(z[p, j0:j1].unsqueeze(1), loc[p].unsqueeze(0), out=y).mul_(inv[p])
+                logq = y.square_().sum(-1).mul_(-0.5).sub_(log_norm[p])  # [rows, B]
+                lse = torch.logsumexp(logq, -1, keepdim=True)
+                torch.exp(logq.sub_(lse), out=weights[p, j0:j1])
+                out[p, j0:j1] = lse.squeeze(-1) - math.log(B)
+        ctx.save_for_backward(z, loc, scale, weights)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        z, loc, scale, weights = ctx.saved_tensors
+        need_z, need_loc, need_scale = ctx.needs_input_grad
+        P, M, D = z.shape
+        B = loc.shape[1]
+        inv = scale.reciprocal()
+        g = weights * grad_out.unsqueeze(-1)  # [P, M, B]
+        grad_z = torch.zeros_like(z) if need_z else None
+        sum_gy = torch.zeros_like(loc)  # Σ_j g_ji y_jid
+        sum_gyy = torch.zeros_like(loc) if need_scale else None  # Σ_j g_ji y_jid²
+        rows = max(1, block_elements(z.device) // max(1, B * D))
+        bufs = torch.empty(2, min(rows, M) * B * D, dtype=z.dtype, device=z.device)
+        for p in range(P):
+            for j0 in range(0, M, rows):
+                j1 = min(M, j0 + rows)
+                shape = (j1 - j0, B, D)
+                y = bufs[0, : (j1 - j0) * B * D].view(shape)
+                gy = bufs[1, : (j1 - j0) * B * D].view(shape)
+                torch.sub(z[p, j0:j1].unsqueeze(1), loc[p].unsqueeze(0), out=y).mul_(inv[p])
+                torch.mul(y, g[p, j0:j1].unsqueeze(-1), out=gy)
+                sum_gy[p] += gy.sum(0)
+                if need_scale:
+                    sum_gyy[p] += gy.mul_(y).sum(0)
+                    if need_z:  # gy is spent: recompute g y / s
+                        torch.mul(y, g[p, j0:j1].unsqueeze(-1), out=gy)
+                if need_z:
+                    grad_z[p, j0:j1] = -gy.mul_(inv[p]).sum(1)
+        grad_loc = sum_gy * inv if need_loc else None
+        grad_scale = (sum_gyy - g.sum(1).unsqueeze(-1)) * inv if need_scale else None
+        return grad_z, grad_loc, grad_scale
 
 
 class InclusiveKL(Divergence):
@@ -64,8 +131,9 @@ class InclusiveKL(Divergence):
     def __call__(self, batch: AggregateBatch) -> torch.Tensor:
         if batch.z_p is None or batch.log_p_zp is None:
             raise ValueError("InclusiveKL needs prior samples z_p and their log densities log_p_zp.")
-        log_q = _diag_normal_pairwise_log_prob(batch.guide_dist, batch.z_p)
-        if log_q is None:
-            log_q = pairwise_log_prob(batch.guide_dist, batch.z_p)
-        log_q = log_mean_exp(log_q, dim=-1)  # [P, M]
+        parts = _diag_normal_parts(batch.guide_dist, batch.z_p)
+        if parts is not None:  # blocked, never builds [P, M, B, D]
+            log_q = _NormalMixtureLogDensity.apply(batch.z_p, *parts)  # [P, M]
+        else:
+            log_q = log_mean_exp(pairwise_log_prob(batch.guide_dist, batch.z_p), dim=-1)  # [P, M]
         return (batch.log_p_zp - log_q).mean()

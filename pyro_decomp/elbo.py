@@ -401,6 +401,8 @@ class DecompositionELBO(ELBO):
             raise ValueError("objective='entropy' (paper Eq. 5) needs a Gaussian guide and no enumerated sites.")
         elbo = _compute_dice_elbo(model_trace, guide_trace)
         prior_trace = model_trace.copy()
+        # keep the packing metadata (plate symbols) that TraceEnum_ELBO's tracing attached
+        prior_trace.__dict__.update({k: v for k, v in vars(model_trace).items() if k not in vars(prior_trace)})
         for name, site in list(prior_trace.nodes.items()):
             if site["type"] == "sample" and site["is_observed"]:
                 prior_trace.remove_node(name)

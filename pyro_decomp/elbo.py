@@ -54,7 +54,6 @@ from pyro.infer.trace_mean_field_elbo import _check_mean_field_requirement
 from pyro.infer.traceenum_elbo import TraceEnum_ELBO, _compute_dice_elbo
 from pyro.infer.util import MultiFrameTensor, get_plate_stacks, is_validation_enabled, torch_item
 from pyro.poutine.util import site_is_subsample
-from pyro.util import warn_if_nan
 from torch.distributions import kl_divergence
 
 from .divergences.base import AggregateBatch, Divergence, build_aggregate_batch
@@ -539,7 +538,6 @@ class DecompositionELBO(ELBO):
         total = {k: torch.as_tensor(v) for k, v in total.items()}
         if "loss" not in total:  # a guide that enumerates nothing sequentially yields no trace only if empty
             total["loss"] = torch.tensor(0.0)
-        warn_if_nan(total["loss"], "loss")
         return total, batch
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:

@@ -125,9 +125,8 @@ def build_aggregate_batch(divergence: Divergence, guide_site: dict, prior_densit
     if isinstance(fn, _Delta):
         raise ValueError(
             f"the divergence needs the density q(z|x) of latent site {name!r}, but the guide samples it from a "
-            "Delta (autoguides such as AutoDiagonalNormal sample one joint auxiliary latent and place the sites "
-            "with point masses). Write the guide's site as a distribution with a density, e.g. "
-            "dist.Normal(loc, scale).to_event(1), or use AutoNormal inside the data plate."
+            "Delta (Pyro's autoguides sample auxiliary latents and place each site with a point mass). Write "
+            "the guide's site as a distribution with a density, e.g. dist.Normal(loc, scale).to_event(1)."
         )
     if len(fn.batch_shape) == 1:
         fn = fn.expand(torch.Size([1]) + fn.batch_shape)

@@ -601,3 +601,18 @@ def test_enumerated_prior_trains_with_a_divergence():
     losses = [svi.step(x) for _ in range(3)]
     assert all(math.isfinite(v) for v in losses)
     assert not torch.equal(enc.weight.detach(), before)
+
+
+def test_loss_and_differentiable_loss_change_no_state():
+    from pyro_decomp.divergences import CapacityKL
+
+    model, guide, _ = _mixture_prior_vae(False)
+    x = torch.randn(8, 2)
+    elbo = DecompositionELBO(beta=0.0, alpha=1.0, divergence=CapacityKL(gamma=2.0, capacity=1.0))
+    before = elbo.state_dict()
+    elbo.loss(model, guide, x)
+    elbo.differentiable_loss(model, guide, x)
+    elbo.loss_terms(model, guide, x)
+    assert elbo.state_dict() == before and elbo.last_terms == {}
+    elbo.loss_and_grads(model, guide, x)
+    assert elbo.state_dict()["step"] == 1 and elbo.state_dict()["divergence"]["step"] == 1

@@ -372,7 +372,9 @@ class DecompositionELBO(ELBO):
         costs = MultiFrameTensor() if score_sites else None  # per-site costs for score-function credit
         reconstruction = 0.0
         kl = 0.0
-        kl_surrogate = 0.0
+        # Σ of the guide terms whose gradient is right (Pyro's entropy_term); kept apart from ``kl`` only
+        # once some site's differs from its value (a score-function site), to keep the graph small
+        kl_surrogate = None
         analytic_kl_used = False
         for name, site in model_trace.nodes.items():
             if site["type"] != "sample":
@@ -390,19 +392,20 @@ class DecompositionELBO(ELBO):
                 # reparameterised site with a closed-form KL (TraceMeanField_ELBO's choice)
                 analytic_kl_used = True
                 kl_sum = kl_site.sum()
-                kl, kl_surrogate = kl + kl_sum, kl_surrogate + kl_sum
+                kl = kl + kl_sum
+                kl_surrogate = kl_surrogate if kl_surrogate is None else kl_surrogate + kl_sum
                 cost = kl_site
             else:
+                kl_surrogate = _add_guide_term(kl, kl_surrogate, gsite, -site["log_prob_sum"])
                 kl = kl + gsite["log_prob_sum"] - site["log_prob_sum"]
-                kl_surrogate = kl_surrogate + _entropy_surrogate(gsite) - site["log_prob_sum"]
                 cost = log_q - site["log_prob"]
             if costs is not None:
                 costs.add((stacks[name], beta * cost.detach()))
         for name, gsite in guide_trace.nodes.items():
             if gsite["type"] == "sample" and name not in model_trace.nodes:
                 # auxiliary guide site (every autoguide's joint latent, a guide-side factor): −log q counts
+                kl_surrogate = _add_guide_term(kl, kl_surrogate, gsite, 0.0)
                 kl = kl + gsite["log_prob_sum"]
-                kl_surrogate = kl_surrogate + _entropy_surrogate(gsite)
                 if costs is not None:
                     costs.add((get_plate_stacks(guide_trace)[name], beta * gsite["log_prob"].detach()))
         if analytic_kl_used and is_validation_enabled():
@@ -413,10 +416,10 @@ class DecompositionELBO(ELBO):
             entropy, const = _guide_entropy(model_trace, guide_trace)
             terms["entropy_regulariser"] = entropy - const
         loss = _weighted_loss(terms, beta, self.objective)
-        if kl_surrogate is kl and costs is None:
+        if kl_surrogate is None and costs is None:
             terms["loss"] = torch.as_tensor(loss)
             return terms
-        surrogate = _weighted_loss(dict(terms, kl=kl_surrogate), beta, self.objective)
+        surrogate = _weighted_loss(dict(terms, kl=kl if kl_surrogate is None else kl_surrogate), beta, self.objective)
         if costs is not None:
             if "weighted_divergence" in div_terms:
                 # the divergence is a batch-level cost: it shares no plate, so every site is credited with it
@@ -621,6 +624,17 @@ def _entropy_surrogate(gsite):
     if entropy_term is log_q:
         return gsite["log_prob_sum"]  # same tensor: reuse Pyro's sum
     return entropy_term.sum() if torch.is_tensor(entropy_term) else entropy_term
+
+
+def _add_guide_term(kl, kl_surrogate, gsite, other):
+    """``kl_surrogate`` after adding the guide site's surrogate term plus ``other``: still ``None`` (= equal to
+    ``kl``) while every site's surrogate is its value ``log_prob_sum``, else the separate sum."""
+    surrogate = _entropy_surrogate(gsite)
+    if kl_surrogate is None:
+        if surrogate is gsite["log_prob_sum"]:
+            return None
+        kl_surrogate = kl  # the sum so far, where surrogate and value agreed
+    return kl_surrogate + surrogate + other
 
 
 def _guide_entropy(model_trace, guide_trace) -> tuple[Any, Any]:

@@ -358,7 +358,6 @@ class DecompositionELBO(ELBO):
 
         Returns ``terms`` with ``loss`` (a surrogate whose value is the loss and whose gradient is
         unbiased), ``reconstruction`` and ``kl`` (values), plus ``div_terms``."""
-        stacks = get_plate_stacks(model_trace)
         score_sites = [
             site
             for site in guide_trace.nodes.values()
@@ -370,6 +369,7 @@ class DecompositionELBO(ELBO):
                 f"{score_sites[0]['name']!r} is not reparameterised. Use objective='beta'."
             )
         costs = MultiFrameTensor() if score_sites else None  # per-site costs for score-function credit
+        stacks = get_plate_stacks(model_trace) if score_sites else None
         reconstruction = 0.0
         kl = 0.0
         # Σ of the guide terms whose gradient is right (Pyro's entropy_term); kept apart from ``kl`` only

@@ -388,3 +388,32 @@ def test_two_seed_sweep_writes_mean_sd_interval_and_curves(tmp_path):
 
     with Image.open(out / "curves.png") as image:
         assert image.format == "PNG" and image.size[0] > 500
+
+
+def test_thesis_table_sweep_aggregates_ten_seeds_per_beta(tmp_path):
+    """thesis-5.3 (Table 5.3: mean ± sd over 10 seeds per β) through the dSprites summary path, on synthetic
+    metric values (no training): one row per β, each metric's mean and sd as numpy computes them."""
+    from pyro_decomp.experiments.sweep import IMAGE_SUMMARY_COLUMNS, _curves_figure, _row, _write_tables
+
+    spec = load_sweep("thesis-5.3")
+    assert len(spec.runs) == 40 and sorted({r.seed for r in spec.runs}) == list(range(10))
+    rng = np.random.default_rng(1)
+    scores = {}
+    results = []
+    for run in spec.runs:
+        score = float(rng.uniform())
+        scores.setdefault(run.config["model"]["beta"], []).append(score)
+        results.append({"status": "ok", "measures": {"factor_vae_score": score, "mig": None}, "train_seconds": 1.0})
+    rows = [_row(run, res) for run, res in zip(spec.runs, results, strict=True)]
+    agg = _write_tables(rows, tmp_path, IMAGE_SUMMARY_COLUMNS, title=spec.id)
+    assert [a["beta"] for a in agg] == [1.0, 3.0, 10.0, 30.0] and all(a["runs"] == 10 for a in agg)
+    for a in agg:
+        v = np.array(scores[a["beta"]])
+        np.testing.assert_allclose([a["factor_vae_score_mean"], a["factor_vae_score_sd"]], [v.mean(), v.std(ddof=1)])
+        assert a["mig_n"] == 0 and np.isnan(a["mig_mean"])
+    md = (tmp_path / "summary.md").read_text()
+    first = agg[0]
+    assert f"| {first['factor_vae_score_mean']:.4g} ± {first['factor_vae_score_sd']:.2g} |" in md
+    assert len(_read_csv(tmp_path / "summary_runs.csv")) == 40
+    _curves_figure(spec, agg, ["factor_vae_score", "mig", "train_seconds"], tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -38,6 +38,7 @@ from .train import (
     load_module_state,
     nonfinite_parameters,
     resolve_device,
+    seeded_torch_rng,
 )
 
 __all__ = [
@@ -478,10 +479,8 @@ def evaluate_pinwheel(
     # samples of q(z): pick an encoder uniformly, then draw from it
     idx = torch.randint(n, (num_samples,), generator=gen)
     zq = loc[idx] + scale[idx] * torch.randn(num_samples, D, generator=gen, dtype=loc.dtype)
-    torch_state = torch.get_rng_state()
-    torch.manual_seed(seed + 1)
-    zp = prior_cpu.sample((num_samples,)).cpu().double()
-    torch.set_rng_state(torch_state)
+    with seeded_torch_rng(seed + 1):
+        zp = prior_cpu.sample((num_samples,)).cpu().double()
 
     def log_p(z):
         return prior.log_prob(z.to(device=device, dtype=torch.get_default_dtype())).cpu().double()
@@ -531,56 +530,6 @@ def evaluate_pinwheel(
     return metrics
 
 
-def write_posterior_netcdf(
-    path: str | Path,
-    loc: torch.Tensor,
-    scale: torch.Tensor,
-    x: torch.Tensor,
-    labels: torch.Tensor | None,
-    prior,
-    *,
-    draws: int = 100,
-    seed: int = 0,
-    attrs: Mapping[str, Any] | None = None,
-) -> Path:
-    """Save an ArviZ InferenceData of encodings (SPEC §8) as netCDF.
-
-    * ``posterior.z``: draws from each test encoder, dims ``(chain, draw, obs, latent)``;
-    * ``prior.z``: independent prior draws of the same shape;
-    * ``observed_data.x``: ``(obs, obs_dim)``;
-    * ``constant_data``: ``z_loc``, ``z_scale`` ``(obs, latent)`` and ``label`` ``(obs,)``.
-    """
-    import arviz as az
-
-    gen = torch.Generator().manual_seed(seed)
-    n, D = loc.shape
-    z = loc.unsqueeze(0) + scale.unsqueeze(0) * torch.randn(draws, n, D, generator=gen)
-    state = torch.get_rng_state()
-    torch.manual_seed(seed + 1)
-    zp = prior.sample(draws * n).detach().cpu().reshape(draws, n, D)
-    torch.set_rng_state(state)
-    coords = {"obs": np.arange(n), "latent": np.arange(D), "obs_dim": np.arange(x.shape[-1])}
-    constant = {"z_loc": loc.numpy(), "z_scale": scale.numpy()}
-    constant_dims = {"z_loc": ["obs", "latent"], "z_scale": ["obs", "latent"]}
-    if labels is not None:
-        constant["label"] = labels.cpu().numpy()
-        constant_dims["label"] = ["obs"]
-    idata = az.from_dict(
-        posterior={"z": z.numpy()[None]},
-        prior={"z": zp.numpy()[None]},
-        observed_data={"x": x.cpu().numpy()},
-        constant_data=constant,
-        coords=coords,
-        dims={"z": ["obs", "latent"], "x": ["obs", "obs_dim"], **constant_dims},
-        attrs=dict(attrs or {}),
-    )
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    idata.to_netcdf(str(tmp), engine="h5netcdf")
-    tmp.replace(path)
-    return path
-
-
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
@@ -593,15 +542,34 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def _prior_attrs(prior) -> dict[str, Any]:
-    """netCDF attributes that describe the prior, so readers can evaluate p(z) themselves."""
-    attrs: dict[str, Any] = {"prior": type(prior).__name__}
-    if hasattr(prior, "means") and torch.is_tensor(prior.means):
-        attrs["prior_means"] = prior.means.detach().cpu().flatten().tolist()
-        attrs["prior_means_shape"] = list(prior.means.shape)
-        attrs["prior_weights"] = prior.weights.detach().cpu().tolist()
-        attrs["prior_component_variance"] = float(prior.variance)
-    return attrs
+def write_posterior_netcdf(
+    path: str | Path, vae, x: torch.Tensor, *, draws: int, seed: int, constant_data: Mapping[str, tuple] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> Path:
+    """Save the run's ArviZ InferenceData of encodings (SPEC §8) as netCDF, atomically.
+
+    The groups and dims are those of :func:`pyro_decomp.analysis.to_inference_data` (``posterior.z`` on
+    ``(chain, draw, obs, latent)`` drawn from q(z|x), ``prior.z``, ``sample_stats``, ``log_likelihood``,
+    ``observed_data.x``, the prior's parameters in ``constant_data``), written by
+    :func:`pyro_decomp.analysis.save_inference_data`: the one converter and the one writer, shared with
+    ``pyro-decomp analyse``. ``constant_data`` adds ``name: (dims, values)`` entries (the encoder means and
+    scales, the labels) and ``attrs`` describe the run on every group.
+    """
+    from .analysis.arviz import save_inference_data, to_inference_data
+
+    idata = to_inference_data(vae, x, num_draws=draws, random_seed=seed)
+    extra = {k: (dims, np.asarray(v.detach().cpu() if torch.is_tensor(v) else v)) for k, (dims, v) in
+             (constant_data or {}).items()}  # fmt: skip
+    if extra:
+        if "constant_data" in idata.groups():
+            idata.constant_data = idata.constant_data.assign(extra)
+        else:
+            import xarray as xr
+
+            idata.add_groups(constant_data=xr.Dataset(extra, coords={"obs": idata.posterior["obs"].values}))
+    for group in idata.groups():
+        getattr(idata, group).attrs.update(_jsonable(dict(attrs or {})))
+    return save_inference_data(idata, path)
 
 
 def evaluate_experiment(exp: Experiment, run_dir: str | Path, *, train_seconds: float | None = None) -> dict[str, Any]:
@@ -613,12 +581,9 @@ def evaluate_experiment(exp: Experiment, run_dir: str | Path, *, train_seconds: 
     device = next(vae.parameters()).device
     t0 = time.perf_counter()
     vae.eval()
-    state = torch.get_rng_state()
-    torch.manual_seed(cfg.eval.seed)
-    with pyro.validation_enabled(False):
+    with seeded_torch_rng(cfg.eval.seed), pyro.validation_enabled(False):
         train_terms = exp.elbo.loss_terms(vae.model, vae.guide, exp.x_train.to(device))
         test_terms = exp.elbo.loss_terms(vae.model, vae.guide, exp.x_test.to(device))
-    torch.set_rng_state(state)
     measures = evaluate_pinwheel(
         vae, exp.x_test, exp.y_test, num_samples=cfg.eval.num_samples, seed=cfg.eval.seed, grid_size=cfg.eval.grid_size
     )
@@ -655,26 +620,22 @@ def evaluate_experiment(exp: Experiment, run_dir: str | Path, *, train_seconds: 
         save_figure(ax.figure, run_dir / "figures" / "aggregate_posterior.png")
     write_posterior_netcdf(
         run_dir / "posterior.nc",
-        loc,
-        scale,
-        exp.x_test,
-        exp.y_test,
-        vae.prior.cpu(),
+        vae,
+        exp.x_test.to(device),
         draws=cfg.eval.posterior_draws,
         seed=cfg.eval.seed,
-        attrs=_prior_attrs(vae.prior)
-        | {"experiment": cfg.id, "alpha": cfg.model.alpha, "beta": cfg.model.beta, "seed": cfg.train.seed},
+        constant_data={"z_loc": (("obs", "latent"), loc), "z_scale": (("obs", "latent"), scale),
+                       "label": (("obs",), exp.y_test)},  # fmt: skip
+        attrs={"experiment": cfg.id, "alpha": cfg.model.alpha, "beta": cfg.model.beta, "seed": cfg.train.seed},
     )
-    vae.prior.to(device)
     metrics["eval_seconds"] = time.perf_counter() - t0
-    text = json.dumps(_jsonable(metrics), indent=2)
-    tmp = run_dir / "metrics.json.tmp"
-    tmp.write_text(text + "\n")
-    tmp.replace(run_dir / "metrics.json")
+    _write_metrics(run_dir, metrics)
     return {**metrics, **{k: v for k, v in density.items()}, "run_dir": str(run_dir)}
 
 
 def _write_metrics(run_dir: Path, metrics: Mapping[str, Any]) -> None:
+    """Write ``metrics.json`` (the one writer, for pinwheel and dSprites runs): non-finite floats become
+    ``null``, and the file is replaced atomically so a crash never leaves half of it."""
     text = json.dumps(_jsonable(metrics), indent=2)
     tmp = run_dir / "metrics.json.tmp"
     tmp.write_text(text + "\n")
@@ -748,15 +709,12 @@ def evaluate_image_experiment(
     device = next(vae.parameters()).device
     t0 = time.perf_counter()
     vae.eval()
-    state = torch.get_rng_state()
-    torch.manual_seed(e.seed)
     # a seeded random subset: the training images may be in grid order (data.num_images=null)
     pick = torch.randperm(exp.x_train.shape[0], generator=torch.Generator().manual_seed(e.seed))[: e.loss_images]
     x_tr, x_te = exp.x_train[pick], exp.x_test[: e.loss_images]
-    with pyro.validation_enabled(False):
+    with seeded_torch_rng(e.seed), pyro.validation_enabled(False):
         train_terms = exp.elbo.loss_terms(vae.model, vae.guide, x_tr.to(device))
         test_terms = exp.elbo.loss_terms(vae.model, vae.guide, x_te.to(device))
-    torch.set_rng_state(state)
 
     def representation(x):
         return vae.encode(torch.as_tensor(x, dtype=torch.float32).to(device))[0]

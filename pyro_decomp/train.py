@@ -20,6 +20,7 @@ bit-identical to an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
@@ -31,7 +32,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,7 @@ __all__ = [
     "nonfinite_parameters",
     "resolve_device",
     "save_checkpoint",
+    "seeded_torch_rng",
     "set_rng_state",
 ]
 
@@ -141,6 +143,25 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+@contextlib.contextmanager
+def seeded_torch_rng(seed: int | None) -> Iterator[None]:
+    """Run the block with torch's global RNG seeded by ``torch.manual_seed(seed)``; restore the caller's
+    stream afterwards, so a seeded evaluation neither depends on nor disturbs the training stream.
+
+    ``torch.manual_seed`` seeds the CPU generator and every CUDA device's, so all of them are saved and
+    restored (the CUDA ones when CUDA is initialised; before that no CUDA draw has been made). With
+    ``seed=None`` the block runs on the caller's stream unchanged. The one save/restore of the package:
+    evaluation, the posterior netCDF and :func:`pyro_decomp.analysis.to_inference_data` use it.
+    """
+    if seed is None:
+        yield
+        return
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else []):
+        torch.manual_seed(int(seed))
+        yield
 
 
 # ---------------------------------------------------------------------------------------------- files

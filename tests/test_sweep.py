@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from pyro_decomp.config import ConfigError
-from pyro_decomp.experiments.sweep import _grid_figure, load_sweep, run_sweep
+from pyro_decomp.experiments.sweep import _grid_figure, aggregate_over_seeds, load_sweep, run_sweep
 
 TINY_SWEEP = """
 id: tiny-grid
@@ -50,13 +50,27 @@ def test_sweep_errors(tmp_path):
         run_sweep("fig3-pinwheel-grid", tmp_path, executor="slurm")
 
 
+def _read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
 def _check_outputs(out, rows):
     assert [r["status"] for r in rows] == ["ok", "ok"]
     assert (out / "grid.png").is_file() and (out / "summary.md").is_file()
-    with open(out / "summary.csv") as f:
-        table = list(csv.DictReader(f))
+    table = _read_csv(out / "summary_runs.csv")
     assert [(float(r["alpha"]), float(r["beta"])) for r in table] == [(0.0, 0.5), (2.0, 0.0)]
     assert all(float(r["kl_prior_to_aggregate"]) == float(r["kl_prior_to_aggregate"]) for r in table)
+    # one seed: the per-setting table holds each run's value as the mean, with a blank sd and interval
+    agg = _read_csv(out / "summary.csv")
+    assert [r["setting"] for r in agg] == ["alpha0_beta0.5", "beta0_alpha2"]
+    for a, r in zip(agg, table, strict=True):
+        assert a["kl_prior_to_aggregate_n"] == "1"
+        assert float(a["kl_prior_to_aggregate_mean"]) == float(r["kl_prior_to_aggregate"])
+        assert a["kl_prior_to_aggregate_sd"] == a["kl_prior_to_aggregate_ci_low"] == ""
+    md = (out / "summary.md").read_text()
+    assert "One seed per setting: the sd and the interval need two or more seeds" in md and "±" not in md.split("\n|")[1]
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for name in ("alpha0_beta0.5_seed0", "beta0_alpha2_seed0"):
         assert (out / "runs" / name / "posterior.nc").is_file()
 
@@ -297,3 +311,109 @@ def test_damaged_metrics_without_a_checkpoint_is_trained_afresh(sweep_copy):
     assert [r["status"] for r in rows] == ["reused", "ok"]
     assert f"[sweep] {RUNS[1]}: metrics.json unreadable; no checkpoint to re-evaluate, trained afresh" in logs
     assert _measures(out, RUNS[1]) == before  # training is seeded (train.seed) and deterministic on the CPU
+
+
+# ---- aggregation over seeds (mean ± sd and a t-interval per setting) -----------------------------
+
+
+def test_aggregate_over_seeds_matches_an_independent_computation():
+    rng = np.random.default_rng(0)
+    rows, values = [], {}
+    for setting, n_seeds in (("a", 3), ("b", 5), ("c", 2)):
+        v = rng.normal(size=n_seeds)
+        values[setting] = v
+        rows += [{"setting": setting, "alpha": 1.0, "seed": s, "status": "ok", "m": float(x), "k": 2 * float(x)}
+                 for s, x in enumerate(v)]  # fmt: skip
+    # left out: a failed run, a missing value and a non-finite one
+    rows.append({"setting": "a", "alpha": 1.0, "seed": 9, "status": "failed", "m": 100.0, "k": 100.0})
+    rows.append({"setting": "b", "alpha": 1.0, "seed": 9, "status": "ok", "m": None, "k": float("nan")})
+    agg = aggregate_over_seeds(rows, ["m", "k"], keep=["alpha"])
+    assert [a["setting"] for a in agg] == ["a", "b", "c"]
+    assert [(a["runs"], a["ok"]) for a in agg] == [(4, 3), (6, 6), (2, 2)]
+    # two-sided 95% Student-t quantiles t_{0.975, n-1} from a printed table, for n = 3, 5, 2
+    t975 = {"a": 4.302653, "b": 2.776445, "c": 12.706205}
+    for a in agg:
+        v = values[a["setting"]]
+        n, mean = v.size, v.sum() / v.size
+        sd = np.sqrt(((v - mean) ** 2).sum() / (n - 1))
+        assert a["alpha"] == 1.0 and a["m_n"] == n and a["k_n"] == n
+        np.testing.assert_allclose([a["m_mean"], a["m_sd"]], [mean, sd], rtol=1e-12)
+        half = t975[a["setting"]] * sd / np.sqrt(n)
+        np.testing.assert_allclose([a["m_ci_low"], a["m_ci_high"]], [mean - half, mean + half], rtol=1e-6)
+        np.testing.assert_allclose([a["k_mean"], a["k_sd"]], [2 * mean, 2 * sd], rtol=1e-12)
+
+
+def test_aggregate_with_one_seed_or_none_left_is_nan():
+    rows = [{"setting": "a", "seed": 0, "status": "ok", "m": 0.5},
+            {"setting": "b", "seed": 0, "status": "failed", "m": None}]  # fmt: skip
+    a, b = aggregate_over_seeds(rows, ["m"])
+    assert a["m_n"] == 1 and a["m_mean"] == 0.5
+    assert np.isnan([a["m_sd"], a["m_ci_low"], a["m_ci_high"]]).all()
+    assert b["m_n"] == 0 and np.isnan([b["m_mean"], b["m_sd"]]).all()
+    with pytest.raises(ValueError, match=r"level must be in \(0, 1\)"):
+        aggregate_over_seeds(rows, ["m"], level=95)
+
+
+TWO_SEEDS = (
+    TINY_SWEEP.replace("seeds: [0]", "seeds: [0, 1]")
+    .replace("vary: {model.beta: [0.5]}", "vary: {model.beta: [0.5, 1.0]}")
+    .replace("train.steps: 5, train.checkpoint_every: 5", "train.steps: 2, train.checkpoint_every: 2")
+)
+
+
+def test_two_seed_sweep_writes_mean_sd_interval_and_curves(tmp_path):
+    path = tmp_path / "two.yaml"
+    path.write_text(TWO_SEEDS)
+    out = tmp_path / "out"
+    rows = run_sweep(str(path), out, workers=1, log=lambda m: None)
+    assert [r["name"] for r in rows] == ["alpha0_beta0.5_seed0", "alpha0_beta0.5_seed1", "alpha0_beta1_seed0",
+                                         "alpha0_beta1_seed1", "beta0_alpha2_seed0", "beta0_alpha2_seed1"]  # fmt: skip
+    per_run = _read_csv(out / "summary_runs.csv")
+    agg = _read_csv(out / "summary.csv")
+    assert [a["setting"] for a in agg] == ["alpha0_beta0.5", "alpha0_beta1", "beta0_alpha2"]
+    assert [(a["row"], float(a["alpha"]), float(a["beta"]), a["runs"], a["ok"]) for a in agg] == [
+        ("0", 0.0, 0.5, "2", "2"), ("0", 0.0, 1.0, "2", "2"), ("1", 2.0, 0.0, "2", "2")]  # fmt: skip
+    for a, pair in zip(agg, (per_run[0:2], per_run[2:4], per_run[4:6]), strict=True):
+        v = np.array([float(r["kl_prior_to_aggregate"]) for r in pair])
+        assert v[0] != v[1]  # the seeds differ, so the sd is positive
+        mean, sd = v.mean(), abs(v[0] - v[1]) / np.sqrt(2)  # ddof=1 sd of two values
+        half = 12.706205 * sd / np.sqrt(2)  # t_{0.975, 1}
+        got = [float(a[f"kl_prior_to_aggregate_{s}"]) for s in ("mean", "sd", "ci_low", "ci_high")]
+        np.testing.assert_allclose(got, [mean, sd, mean - half, mean + half], rtol=1e-6, atol=1e-6)  # t to 6 decimals
+    md = (out / "summary.md").read_text()
+    assert f"| alpha0_beta0.5 | 0 | 0 | 0.5 | 2/2 | {float(agg[0]['kl_prior_to_aggregate_mean']):.4g} ± " in md
+    assert "## 95% confidence interval of the mean over seeds" in md and "One seed per setting" not in md
+    assert json.loads((out / "sweep.json").read_text())["seeds"] == [0, 1]
+    from PIL import Image
+
+    with Image.open(out / "curves.png") as image:
+        assert image.format == "PNG" and image.size[0] > 500
+
+
+def test_thesis_table_sweep_aggregates_ten_seeds_per_beta(tmp_path):
+    """thesis-5.3 (Table 5.3: mean ± sd over 10 seeds per β) through the dSprites summary path, on synthetic
+    metric values (no training): one row per β, each metric's mean and sd as numpy computes them."""
+    from pyro_decomp.experiments.sweep import IMAGE_SUMMARY_COLUMNS, _curves_figure, _row, _write_tables
+
+    spec = load_sweep("thesis-5.3")
+    assert len(spec.runs) == 40 and sorted({r.seed for r in spec.runs}) == list(range(10))
+    rng = np.random.default_rng(1)
+    scores = {}
+    results = []
+    for run in spec.runs:
+        score = float(rng.uniform())
+        scores.setdefault(run.config["model"]["beta"], []).append(score)
+        results.append({"status": "ok", "measures": {"factor_vae_score": score, "mig": None}, "train_seconds": 1.0})
+    rows = [_row(run, res) for run, res in zip(spec.runs, results, strict=True)]
+    agg = _write_tables(rows, tmp_path, IMAGE_SUMMARY_COLUMNS, title=spec.id)
+    assert [a["beta"] for a in agg] == [1.0, 3.0, 10.0, 30.0] and all(a["runs"] == 10 for a in agg)
+    for a in agg:
+        v = np.array(scores[a["beta"]])
+        np.testing.assert_allclose([a["factor_vae_score_mean"], a["factor_vae_score_sd"]], [v.mean(), v.std(ddof=1)])
+        assert a["mig_n"] == 0 and np.isnan(a["mig_mean"])
+    md = (tmp_path / "summary.md").read_text()
+    first = agg[0]
+    assert f"| {first['factor_vae_score_mean']:.4g} ± {first['factor_vae_score_sd']:.2g} |" in md
+    assert len(_read_csv(tmp_path / "summary_runs.csv")) == 40
+    _curves_figure(spec, agg, ["factor_vae_score", "mig", "train_seconds"], tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -149,16 +148,12 @@ def _obs_index(obs_index: Sequence[int] | None, n: int) -> np.ndarray:
     return idx
 
 
-@contextlib.contextmanager
-def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
-    """Fix torch's RNG for the block when ``seed`` is given, leaving the caller's stream untouched."""
-    if seed is None:
-        yield
-        return
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(int(seed))
-        yield
+def _seeded(seed: int | None, device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """Fix torch's RNG for the block when ``seed`` is given, leaving the caller's stream untouched
+    (every device's: :func:`pyro_decomp.train.seeded_torch_rng`)."""
+    from ..train import seeded_torch_rng
+
+    return seeded_torch_rng(seed)
 
 
 @contextlib.contextmanager
@@ -558,8 +553,9 @@ def save_inference_data(idata: az.InferenceData, path: str | os.PathLike) -> Pat
     if path.suffix != ".nc":
         raise ValueError(f"path must end in .nc (netCDF), got {str(path)!r}.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".nc", dir=path.parent)
-    os.close(fd)
+    # a per-process name beside the target rather than mkstemp, whose 0600 mode would make the netCDF
+    # unreadable to the group (the run's other files follow the umask)
+    tmp = str(path.with_name(f".{path.stem}.{os.getpid()}.tmp.nc"))
     try:
         idata.to_netcdf(tmp)
         os.replace(tmp, path)

@@ -87,13 +87,6 @@ class ScheduledDivergence(Divergence):
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in fields.items())})"
 
 
-def joint_pairwise_log_prob(guide_dist: Distribution, z: torch.Tensor) -> torch.Tensor:
-    """:math:`\\log q(z_j \\mid x_i)` for every pair within each particle: ``guide_dist`` ``[P, B]``,
-    ``z: [P, M, D]`` → ``[P, M, B]``. Works for any guide (the sample axis is put in front for broadcasting)."""
-    value = z.transpose(0, 1).unsqueeze(-2)  # [M, P, 1, D] against batch_shape [P, B]
-    return guide_dist.log_prob(value).transpose(0, 1)
-
-
 def per_dimension_pairwise_log_prob(guide_dist: Distribution, z: torch.Tensor, owner: str) -> torch.Tensor:
     """:math:`\\log q(z_{j,d} \\mid x_i)` per dimension: ``guide_dist`` ``[P, B]``, ``z: [P, M, D]`` → ``[P, M, B, D]``.
 

@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-from ._utils import ScheduledDivergence, check_dataset_size, joint_pairwise_log_prob, per_dimension_pairwise_log_prob
-from .base import AggregateBatch
+from ._utils import ScheduledDivergence, check_dataset_size, per_dimension_pairwise_log_prob
+from .base import AggregateBatch, pairwise_log_prob
 
 __all__ = [
     "BetaTCVAE",
@@ -102,7 +102,7 @@ def log_aggregate_posterior(
 
     :param dataset_size: :math:`N`; default ``batch.dataset_size`` (the ELBO's scaled plate size).
     """
-    lp = joint_pairwise_log_prob(batch.guide_dist, batch.z_q)  # [P, B(sample), B(component)]
+    lp = pairwise_log_prob(batch.guide_dist, batch.z_q)  # [P, B(sample), B(component)]
     N = _dataset_size(batch, check_dataset_size(dataset_size))
     logw = log_importance_weights(batch.batch_size, N, estimator, dtype=lp.dtype, device=lp.device)
     return torch.logsumexp(lp + logw, dim=-1)

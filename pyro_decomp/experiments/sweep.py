@@ -12,7 +12,10 @@ A sweep file::
 The base experiment is loaded at its default size; the sweep's size overrides are applied on top.
 
 Outputs in the sweep directory: ``runs/<name>/`` (full run directories), ``grid.png`` (one density
-panel per run, first seed), ``summary.csv`` and ``summary.md``, ``sweep.json``.
+panel per run, first seed; pinwheel sweeps), ``summary.csv`` and ``summary.md`` (one row per setting:
+n, mean, sd and a 95% Student-t interval of each metric over the seeds, see :func:`aggregate_over_seeds`),
+``summary_runs.csv`` and ``summary_runs.md`` (one row per run), ``curves.png`` (each metric against the
+swept hyperparameter with the interval over seeds as a band, SPEC §8) and ``sweep.json``.
 
 Rerunning the same sweep command resumes it (there is no ``--resume`` flag): finished runs of the
 same config are reused, runs with a damaged ``metrics.json`` or figure are re-evaluated from their
@@ -24,8 +27,10 @@ saved as ``runs/<name>/sweep_error.txt``.
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import json
+import math
 import os
 import time
 import traceback
@@ -46,7 +51,7 @@ from ..config import (
     load_yaml,
 )
 
-__all__ = ["SweepRun", "SweepSpec", "load_sweep", "run_sweep"]
+__all__ = ["SweepRun", "SweepSpec", "aggregate_over_seeds", "load_sweep", "run_sweep"]
 
 _SWEEP_KEYS = ("id", "description", "reproduces", "base", "grid", "seeds", "sizes", "default_size")
 SUMMARY_COLUMNS = (
@@ -101,6 +106,10 @@ class SweepRun:
     title: str
     seed: int
     config: dict[str, Any]
+    #: the grid point's assignment of dotted keys (the block's ``fixed`` and ``vary`` values, no seed)
+    assignment: dict[str, Any] = field(default_factory=dict)
+    #: the grid point's name: the run name without its seed (the runs of one setting differ only in seed)
+    setting: str = ""
 
 
 @dataclass
@@ -109,6 +118,8 @@ class SweepSpec:
     description: str
     rows: list[str]
     runs: list[SweepRun] = field(default_factory=list)
+    #: per grid block, the dotted keys it varies (the x axis of ``curves.png``)
+    vary: list[list[str]] = field(default_factory=list)
 
 
 _SYMBOLS = {"model.alpha": "α", "model.beta": "β"}
@@ -162,6 +173,7 @@ def load_sweep(name: str | Path, *, size: str | None = None, overrides: Mapping[
                 raise ConfigError(f"{path}: grid block {r}: vary.{k} must be a non-empty list, got {v!r}.")
         out.rows.append(str(block.get("title", f"row {r}")))
         keys = list(vary)
+        out.vary.append(keys)
         for c, values in enumerate(itertools.product(*(vary[k] for k in keys)) if keys else [()]):
             assignment = {**fixed, **dict(zip(keys, values, strict=True))}
             for seed in seeds:
@@ -173,7 +185,7 @@ def load_sweep(name: str | Path, *, size: str | None = None, overrides: Mapping[
                     raise ConfigError(f"{path}: two grid points give the same run {run_name!r}.")
                 names.add(run_name)
                 title = ", ".join(f"{_SYMBOLS.get(k, k.split('.')[-1])}={_fmt(v)}" for k, v in assignment.items())
-                out.runs.append(SweepRun(run_name, r, c, title, seed, cfg))
+                out.runs.append(SweepRun(run_name, r, c, title, seed, cfg, assignment, label or "default"))
     return out
 
 
@@ -436,6 +448,7 @@ def _image_row(run: SweepRun, result: Mapping[str, Any]) -> dict[str, Any]:
     model = run.config["model"]
     row = {
         "name": run.name,
+        "setting": run.setting,
         "row": run.row,
         "divergence": model["divergence"],
         "alpha": model["alpha"],
@@ -459,6 +472,7 @@ def _row(run: SweepRun, result: Mapping[str, Any]) -> dict[str, Any]:
     n = run.config["data"]["arms"] * run.config["data"]["test_per_arm"]
     row = {
         "name": run.name,
+        "setting": run.setting,
         "row": run.row,
         "alpha": run.config["model"]["alpha"],
         "beta": run.config["model"]["beta"],
@@ -475,21 +489,219 @@ def _row(run: SweepRun, result: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _write_tables(rows: list[dict], out_dir: Path, columns: Sequence[str] = SUMMARY_COLUMNS) -> None:
-    with open(out_dir / "summary.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(columns))
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+def _split_columns(columns: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The per-run table's setting columns (before ``seed``, less ``name``) and metric columns (after ``status``)."""
+    cols = list(columns)
+    return [c for c in cols[: cols.index("seed")] if c != "name"], cols[cols.index("status") + 1 :]
 
-    def cell(v: Any) -> str:
-        if v is None:
-            return "-"
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
 
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(k)) for k in columns) + " |" for r in rows]
-    (out_dir / "summary.md").write_text("\n".join(lines) + "\n")
+def _number(v: Any) -> float:
+    """A finite float, else NaN (``None``, a failed run's blank, a non-numeric or non-finite value)."""
+    if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating):
+        return float("nan")
+    v = float(v)
+    return v if math.isfinite(v) else float("nan")
+
+
+def aggregate_over_seeds(
+    rows: Sequence[Mapping[str, Any]],
+    metrics: Sequence[str],
+    *,
+    by: Sequence[str] = ("setting",),
+    keep: Sequence[str] = (),
+    level: float = 0.95,
+) -> list[dict[str, Any]]:
+    """Mean, standard deviation and a confidence interval of each metric over the seeds of each setting.
+
+    Rows with equal values of ``by`` (a setting: every hyperparameter except the seed) form one group,
+    in order of first appearance; ``keep`` columns are copied from the group's first row. Failed runs
+    (``status == "failed"``) and missing or non-finite values are left out. For each metric ``m``, over
+    the ``n`` remaining values :math:`v_1..v_n`:
+
+    * ``m_n`` = n; ``m_mean`` = :math:`\\bar v`;
+    * ``m_sd`` = :math:`s = \\sqrt{\\sum_i (v_i - \\bar v)^2 / (n - 1)}` (``ddof=1``, as the thesis's
+      "mean ± sd" over seeds);
+    * ``m_ci_low``, ``m_ci_high`` = :math:`\\bar v \\mp t_{(1+\\text{level})/2,\\,n-1}\\, s / \\sqrt n`, the
+      Student-t confidence interval for the mean over seeds (exact when the per-seed values are normal;
+      with few seeds the t quantile, e.g. 12.71 for n = 2 and 2.26 for n = 10, makes it much wider than
+      ±1.96 s/√n).
+
+    With ``n = 1`` the sd and the interval are undefined and are NaN; with ``n = 0`` the mean is NaN too.
+    Each group also gets ``runs`` (its row count) and ``ok`` (its rows that did not fail).
+
+    >>> rows = [{"setting": "a", "seed": s, "status": "ok", "m": v} for s, v in enumerate([1.0, 2.0, 3.0])]
+    >>> g = aggregate_over_seeds(rows, ["m"])[0]
+    >>> g["m_n"], g["m_mean"], g["m_sd"], round(g["m_ci_high"], 4)
+    (3, 2.0, 1.0, 4.4841)
+    """
+    import scipy.stats
+
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}.")
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row.get(k) for k in by), []).append(row)
+    out = []
+    for key, members in groups.items():
+        ok = [r for r in members if r.get("status") != "failed"]
+        agg: dict[str, Any] = dict(zip(by, key, strict=True))
+        agg.update({k: members[0].get(k) for k in keep if k not in agg})
+        agg["runs"], agg["ok"] = len(members), len(ok)
+        for m in metrics:
+            values = np.array([_number(r.get(m)) for r in ok], dtype=float)
+            values = values[np.isfinite(values)]
+            n = int(values.size)
+            mean = float(values.mean()) if n else float("nan")
+            sd = float(values.std(ddof=1)) if n >= 2 else float("nan")
+            half = float(scipy.stats.t.ppf((1 + level) / 2, n - 1) * sd / math.sqrt(n)) if n >= 2 else float("nan")
+            agg.update({f"{m}_n": n, f"{m}_mean": mean, f"{m}_sd": sd, f"{m}_ci_low": mean - half,
+                        f"{m}_ci_high": mean + half})  # fmt: skip
+        out.append(agg)
+    return out
+
+
+_SUMMARY_NOTE = (
+    "Cells: mean ± sd over the seeds of each setting (sd with ddof=1); `n`: runs that finished / runs. "
+    "Per-run values: summary_runs.csv and summary_runs.md."
+)
+
+
+def _csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        # None and NaN (a failed run, an undefined sd) are blank cells
+        w.writerow({k: ("" if r.get(k) is None or (isinstance(r.get(k), float) and math.isnan(r[k])) else r[k])
+                    for k in columns})  # fmt: skip
+    return buf.getvalue()
+
+
+def _md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(b) + " |" for b in body]
+
+
+def _cell(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _write_tables(
+    rows: list[dict], out_dir: Path, columns: Sequence[str] = SUMMARY_COLUMNS, *, title: str = "", level: float = 0.95
+) -> list[dict[str, Any]]:
+    """Write the per-run tables (``summary_runs.csv``/``.md``) and the per-setting aggregate over seeds
+    (``summary.csv``/``.md``, see :func:`aggregate_over_seeds`); returns the aggregate rows."""
+    _write_text_atomic(out_dir / "summary_runs.csv", _csv_text(rows, columns))
+    runs_md = _md_table(columns, [[_cell(r.get(k)) for k in columns] for r in rows])
+    _write_text_atomic(out_dir / "summary_runs.md", "\n".join(runs_md) + "\n")
+
+    setting_cols, metrics = _split_columns(columns)
+    agg = aggregate_over_seeds(rows, metrics, by=("setting",), keep=setting_cols, level=level)
+    stats = ("n", "mean", "sd", "ci_low", "ci_high")
+    csv_cols = ["setting", *setting_cols, "runs", "ok", *(f"{m}_{s}" for m in metrics for s in stats)]
+    _write_text_atomic(out_dir / "summary.csv", _csv_text(agg, csv_cols))
+
+    def mean_sd(a: Mapping[str, Any], m: str) -> str:
+        n, mean, sd = a[f"{m}_n"], a[f"{m}_mean"], a[f"{m}_sd"]
+        text = _cell(mean) if n < 2 else f"{mean:.4g} ± {sd:.2g}"
+        return text if n in (0, a["ok"]) else f"{text} (n={n})"  # a metric missing from some runs
+
+    def interval(a: Mapping[str, Any], m: str) -> str:
+        return "-" if a[f"{m}_n"] < 2 else f"[{a[f'{m}_ci_low']:.4g}, {a[f'{m}_ci_high']:.4g}]"
+
+    head = ["setting", *setting_cols, "n"]
+
+    def first(a: Mapping[str, Any]) -> list[str]:
+        return [str(a["setting"]), *(_cell(a.get(k)) for k in setting_cols), f"{a['ok']}/{a['runs']}"]
+
+    seeds_per = sorted({a["runs"] for a in agg})
+    lines = [f"# {title}: mean ± sd over seeds" if title else "# Mean ± sd over seeds", "", _SUMMARY_NOTE]
+    if max((a["ok"] for a in agg), default=0) < 2:
+        lines.append(
+            "One seed per setting: the sd and the interval need two or more seeds, so cells hold the single "
+            "run's value and summary.csv leaves the `_sd`/`_ci_*` columns blank."
+        )
+    lines += ["", *_md_table([*head, *metrics], [[*first(a), *(mean_sd(a, m) for m in metrics)] for a in agg])]
+    if any(a[f"{m}_n"] >= 2 for a in agg for m in metrics):
+        lines += [
+            "",
+            f"## {level:.0%} confidence interval of the mean over seeds",
+            "",
+            f"Student t with n - 1 degrees of freedom: mean ± t * sd / sqrt(n); '-' where n < 2. "
+            f"Seeds per setting: {', '.join(map(str, seeds_per))}.",
+            "",
+            *_md_table([*head, *metrics], [[*first(a), *(interval(a, m) for m in metrics)] for a in agg]),
+        ]
+    _write_text_atomic(out_dir / "summary.md", "\n".join(lines) + "\n")
+    return agg
+
+
+def _curves_figure(
+    spec: SweepSpec, agg: Sequence[Mapping[str, Any]], metrics: Sequence[str], path: Path, *, level: float = 0.95
+) -> None:
+    """``curves.png``: each metric against the swept hyperparameter, one panel per metric and one line per
+    grid block; the line is the mean over seeds and the band the t-interval of :func:`aggregate_over_seeds`.
+
+    A block that varies one numeric key is drawn against its values; any other block against its grid
+    index. The x axis is logarithmic when every plotted x is positive and they span a factor of 10 or more.
+    """
+    from ..analysis.plots import _pyplot, save_figure
+
+    plt = _pyplot()
+    by_setting = {a["setting"]: a for a in agg}
+    lines = []  # (label, x, setting names) per block
+    for r, title in enumerate(spec.rows):
+        settings = list(dict.fromkeys(run.setting for run in spec.runs if run.row == r))
+        keys = spec.vary[r] if r < len(spec.vary) else []
+        first_run = {run.setting: run for run in reversed(spec.runs) if run.row == r}
+        values = [first_run[s].assignment.get(keys[0]) if len(keys) == 1 else None for s in settings]
+        if len(keys) == 1 and all(_number(v) == _number(v) for v in values):
+            x, label = [float(v) for v in values], f"{title} (x: {_SYMBOLS.get(keys[0], keys[0])})"
+        else:
+            x, label = [float(i) for i in range(len(settings))], f"{title} (x: grid index)"
+        lines.append((label, np.array(x), settings))
+    shown = [m for m in metrics if any(np.isfinite(by_setting[s][f"{m}_mean"]) for _, _, ss in lines for s in ss)]
+    if not shown:
+        raise ValueError("no metric has a finite value in any run")
+    ncols = min(4, len(shown))
+    nrows = -(-len(shown) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.8 * nrows), squeeze=False)
+    all_x = np.concatenate([x for _, x, _ in lines])
+    log_x = bool((all_x > 0).all()) and all_x.max() >= 10 * all_x.min()
+    for ax, m in zip(axes.flat, shown, strict=False):
+        for label, x, settings in lines:
+            mean = np.array([by_setting[s][f"{m}_mean"] for s in settings])
+            lo = np.array([by_setting[s][f"{m}_ci_low"] for s in settings])
+            hi = np.array([by_setting[s][f"{m}_ci_high"] for s in settings])
+            order = np.argsort(x, kind="stable")
+            (line,) = ax.plot(x[order], mean[order], marker="o", ms=3, label=label)
+            ax.fill_between(x[order], lo[order], hi[order], color=line.get_color(), alpha=0.2, linewidth=0)
+            # error bars as well: a block with a single grid point has no band to fill
+            err = np.stack([mean - lo, hi - mean])[:, order]
+            ax.errorbar(x[order], mean[order], yerr=err, fmt="none", ecolor=line.get_color(), capsize=2, lw=0.8)
+        ax.set_title(m, fontsize=8)
+        ax.set_xlabel("swept value (see legend)", fontsize=7)
+        ax.tick_params(labelsize=7)
+        if log_x:
+            ax.set_xscale("log")
+    for ax in list(axes.flat)[len(shown) :]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=7, frameon=False)
+    seeds = sorted({a["runs"] for a in agg})
+    fig.suptitle(
+        f"{spec.id}: mean over seeds (n = {', '.join(map(str, seeds))}); band: {level:.0%} t-interval "
+        "(none with one seed)",
+        fontsize=9,
+    )
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    try:
+        save_figure(fig, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def run_sweep(
@@ -503,12 +715,13 @@ def run_sweep(
     address: str | None = None,
     log=print,
 ) -> list[dict[str, Any]]:
-    """Run every point of a sweep and write ``grid.png``, ``summary.csv`` and ``summary.md``.
+    """Run every point of a sweep and write ``grid.png``, ``curves.png``, the per-setting ``summary.csv`` and
+    ``summary.md`` (mean ± sd over seeds) and the per-run ``summary_runs.csv`` and ``summary_runs.md``.
 
     :param executor: ``"local"`` (a spawn-context process pool; ``workers=1`` runs in this process)
         or ``"ray"`` (``ray.init(address=address)`` when given, else a local ``ray.init(num_cpus=workers)``).
         On a multi-node cluster ``out_dir`` must be on a filesystem every node can write.
-    :returns: the summary rows.
+    :returns: the per-run summary rows.
     """
     if executor not in ("local", "ray"):
         raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}.")
@@ -542,12 +755,28 @@ def run_sweep(
         raise
     rows = [_row(run, res) for run, res in zip(spec.runs, results, strict=True)]
     image = bool(spec.runs) and spec.runs[0].config["data"]["name"] == "dsprites"
-    _write_tables(rows, out_dir, IMAGE_SUMMARY_COLUMNS if image else SUMMARY_COLUMNS)
+    columns = IMAGE_SUMMARY_COLUMNS if image else SUMMARY_COLUMNS
+    agg = _write_tables(rows, out_dir, columns, title=spec.id)
     _write_text_atomic(
         out_dir / "sweep.json",
-        json.dumps({"id": spec.id, "runs": [r.name for r in spec.runs], "seconds": time.perf_counter() - t0}, indent=2),
+        json.dumps(
+            {
+                "id": spec.id,
+                "runs": [r.name for r in spec.runs],
+                "settings": list(dict.fromkeys(r.setting for r in spec.runs)),
+                "seeds": sorted({r.seed for r in spec.runs}),
+                "seconds": time.perf_counter() - t0,
+            },
+            indent=2,
+        ),
     )
     wrote = f"{out_dir / 'summary.md'}"
+    try:
+        _curves_figure(spec, agg, _split_columns(columns)[1], out_dir / "curves.png")
+        wrote += f", {out_dir / 'curves.png'}"
+    except Exception as e:  # the tables above hold the results; a figure failure must not hide them
+        (out_dir / "curves.png").unlink(missing_ok=True)  # never leave stale curves behind
+        log(f"[sweep] could not draw curves.png: {type(e).__name__}: {e}")
     if not image:  # dSprites runs have no density panels; each run has figures/traversals.png
         try:
             _grid_figure(spec, results, out_dir / "grid.png", log)

@@ -162,7 +162,29 @@ def test_analyse_writes_outputs(tmp_path):
     assert [row["obs"] for row in report["datapoints"]] == [0]
     assert load_inference_data(tmp_path / "posterior.nc").posterior["z"].shape == (2, 20, 5, 2)
     save_report(report, tmp_path / "copy.json")
-    with pytest.raises(NotImplementedError, match="load="):
-        analyse_run(tmp_path)
     with pytest.raises(ValueError, match="nuts must be a non-negative"):
         analyse(vae, x, tmp_path, nuts=-1)
+    with pytest.raises(FileNotFoundError, match="does not exist; train a run first"):
+        analyse_run(tmp_path / "missing")
+
+
+def test_analyse_run_default_loader_on_a_trained_run(tmp_path):
+    # issue 9: without load= analyse_run imported a loader from the wrong module and always raised.
+    # A tiny trained pinwheel run (80 points, 5 steps, no evaluation), then the default loader.
+    from pyro_decomp.config import load_experiment
+    from pyro_decomp.runner import load_run, run_experiment
+
+    overrides = {"data.per_arm": 20, "data.test_per_arm": 3, "train.steps": 5, "train.progress": False}
+    cfg = load_experiment("fig3-pinwheel", size="smoke", overrides=overrides)
+    run = tmp_path / "run"
+    run_experiment(cfg, run, evaluate=False)
+    paths = analyse_run(run, nuts_datapoints=0, out_dir=tmp_path / "analysis", num_draws=4, num_samples=50, local_steps=2)
+    vae, x = load_run(run)  # the same model and test split, rebuilt independently of analyse_run
+    report = json.loads(paths["amortisation"].read_text())
+    assert len(report["datapoints"]) == min(8, x.shape[0]) == 8  # gap_datapoints=8 of the 12 test points
+    idata = load_inference_data(paths["posterior"])
+    assert idata.posterior["z"].shape == (2, 4, x.shape[0], 2)
+    np.testing.assert_allclose(idata.observed_data["x"].values, x.double().numpy())
+    # analyse seeds its draws (random_seed=0), so the independently loaded checkpoint reproduces them exactly
+    again = to_inference_data(vae, x, num_draws=4, num_chains=2, random_seed=0)
+    np.testing.assert_allclose(idata.posterior["z"].values, again.posterior["z"].values, rtol=1e-6)

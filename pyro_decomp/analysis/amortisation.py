@@ -454,20 +454,14 @@ def analyse_run(
 ) -> dict[str, Path]:
     """:func:`analyse` for a trainer run directory; outputs go to ``out_dir`` (default: ``run_dir``).
 
-    ``load(run_dir) -> (vae, x)`` rebuilds the trained model and the data to analyse. The default uses
-    ``pyro_decomp.train.load_run`` when the trainer provides it. ``kwargs`` go to :func:`analyse`.
-    This is the body of ``pyro-decomp analyse <run-dir> [--nuts N]``.
+    ``load(run_dir) -> (vae, x)`` rebuilds the trained model and the data to analyse. The default is
+    :func:`pyro_decomp.runner.load_run`: the run's config and latest checkpoint, and its test split.
+    ``kwargs`` go to :func:`analyse`. This is the body of ``pyro-decomp analyse <run-dir> [--nuts N]``.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {str(run_dir)!r} does not exist; train a run first.")
     if load is None:
-        try:
-            from ..train import load_run as load  # type: ignore[attr-defined]
-        except ImportError:
-            raise NotImplementedError(
-                "this version has no pyro_decomp.train.load_run to rebuild a run; pass "
-                "load=callable(run_dir) -> (vae, x), or call analyse(vae, x, out_dir) directly."
-            ) from None
+        from ..runner import load_run as load  # the runner imports the analysis; import it lazily
     vae, x = load(run_dir)
     return analyse(vae, x, run_dir if out_dir is None else out_dir, nuts=nuts_datapoints, **kwargs)

@@ -15,10 +15,23 @@ For each datapoint the report holds (Cremer, Li & Duvenaud 2018, "Inference subo
   warm-started from the encoder, with the "sticking the landing" gradient (Roeder et al. 2017: the
   score term of :math:`\\log q` is dropped, so the gradient is exactly zero once :math:`q` equals the
   posterior) and evaluated afterwards on ``num_samples`` fresh draws;
-* :math:`\\log p(x)`: the IWAE estimate :math:`\\log \\frac1K \\sum_k p(x,z_k)/q(z_k|x)` with ``num_samples``
-  draws from the encoder (``log_px_iwae``) and from the local Gaussian (``log_px_iwae_local``); both are
-  stochastic lower bounds of :math:`\\log p(x)`, so ``log_px`` is the larger of the two (a poor encoder
-  is a poor proposal and its IWAE alone would make the approximation gap negative);
+* :math:`\\log p(x)`: the IWAE estimates :math:`\\log \\frac1K \\sum_k p(x,z_k)/q(z_k|x)` with ``num_samples``
+  draws from the encoder (``log_px_iwae``) and from the local Gaussian (``log_px_iwae_local``) are both
+  reported, and ``log_px`` is one estimator that uses both sample sets: multiple importance sampling
+  with the balance heuristic (Veach & Guibas 1995),
+
+  .. math::
+
+      \\hat p(x) = \\frac{1}{2K} \\sum_{z \\in \\{z^{q}_k\\} \\cup \\{z^{\\text{local}}_k\\}}
+      \\frac{p(x, z)}{\\tfrac12 q_\\phi(z|x) + \\tfrac12 q_{\\text{local}}(z)},
+
+  unbiased for :math:`p(x)` (so :math:`\\log \\hat p` is a stochastic lower bound, like IWAE) and never
+  much worse than the better of the two proposals, since each weight is at most twice that proposal's
+  own. Taking the larger of two estimates instead would bias :math:`\\log p(x)` upwards;
+* nothing is clamped: a local optimisation that ends *below* the encoder's ELBO (too few steps, too
+  large a learning rate) shows as a negative ``amortisation_gap``, and when it is below by more than
+  two standard errors of the paired difference (``amortisation_gap_se``, from the common random numbers)
+  the datapoint gets ``"local_worse_than_encoder": true`` and the report a line in ``"warnings"``;
 * PSIS :math:`\\hat k` of the same importance weights (:func:`arviz.psislw`; below 0.5 the weights are
   reliable, above 0.7 the encoder is a poor proposal for the posterior);
 * with NUTS draws of :math:`p(z \\mid x)` (:func:`~pyro_decomp.analysis.arviz.sample_posterior_nuts`):
@@ -51,6 +64,7 @@ import torch
 from .arviz import (
     ModelTarget,
     _check_x,
+    _guide_log_q,
     _max_plate_nesting,
     _obs_index,
     _positive_int,
@@ -194,12 +208,15 @@ def amortisation_report(
     See the module docstring for the estimators. Returns a JSON-ready dict::
 
         {"datapoints": [{"obs", "amortised_elbo", "local_elbo", "log_px", "log_px_iwae",
-                         "log_px_iwae_local", "approximation_gap",
-                         "amortisation_gap", "inference_gap", "psis_khat",
+                         "log_px_iwae_local", "approximation_gap", "amortisation_gap",
+                         "amortisation_gap_se", "inference_gap", "psis_khat", "local_worse_than_encoder",
                          # with nuts=
                          "w2_encoder_nuts", "w2_local_nuts", "coverage": {"0.5": .., "0.9": ..}}, ...],
-         "mean": {same keys averaged over datapoints}, "nuts": {"max_r_hat", "min_ess_bulk", "divergences"},
-         "settings": {...}}
+         "mean": {the numeric keys averaged over datapoints}, "warnings": [str, ...],
+         "nuts": {"max_r_hat", "min_ess_bulk", "divergences"}, "settings": {...}}
+
+    Every number is what was measured: the gaps are plain differences (no clamping), and ``warnings``
+    says when the local optimisation ended significantly below the encoder.
 
     >>> import torch
     >>> from pyro_decomp.models import VAE, IsotropicGaussianPrior, GaussianLikelihood
@@ -258,18 +275,25 @@ def amortisation_report(
         )
         with torch.no_grad():
             z_loc = loc + scale * eps
-            log_q_local = dist.Normal(loc, scale).log_prob(z_loc).sum(-1)
-            log_w_local = _log_joint_chunked(target, x, z_loc, nesting, chunk_size) - log_q_local
-            if target.encoder is not None:
-                # the encoder's own Gaussian is a candidate local solution: keep it where Adam's noisy
-                # steps ended lower (e.g. an exact encoder, where the optimum is the warm start)
-                keep = log_w_local.mean(0) < amortised
-                log_w_local = torch.where(keep, log_w, log_w_local)
-                z_loc = torch.where(keep[:, None], z_q, z_loc)
+            local_q = dist.Normal(loc, scale)
+            log_q_local = local_q.log_prob(z_loc).sum(-1)
+            log_joint_local = _log_joint_chunked(target, x, z_loc, nesting, chunk_size)
+            log_w_local = log_joint_local - log_q_local
             local = log_w_local.mean(0)
             iwae_local = torch.logsumexp(log_w_local, 0) - math.log(num_samples)
-        # both IWAE estimates are stochastic lower bounds of log p(x); the tighter one is the estimate
-        log_px = torch.maximum(iwae, iwae_local)
+            # the amortisation gap's standard error: draws are paired through the shared eps
+            gap_se = (log_w_local - log_w).std(0) / math.sqrt(num_samples)
+            # log p(x) by multiple importance sampling over both sample sets (balance heuristic): each
+            # draw is weighted against the equal mixture of the two proposals
+            if target.encoder is not None:
+                log_q_enc_at_local = dist.Normal(loc0, scale0).log_prob(z_loc).sum(-1)
+            else:
+                log_q_enc_at_local = _guide_log_q(target, x, z_loc)[1]
+            log_mix_at_q = torch.logaddexp(log_q, local_q.log_prob(z_q).sum(-1)) - math.log(2.0)
+            log_mix_at_local = torch.logaddexp(log_q_enc_at_local, log_q_local) - math.log(2.0)
+            log_w_mix = torch.cat([log_w + log_q - log_mix_at_q, log_joint_local - log_mix_at_local])
+            log_px = torch.logsumexp(log_w_mix, 0) - math.log(2 * num_samples)
+        local_worse = (local - amortised) < -2.0 * gap_se
 
     khat = _psis_khat(log_w.T.cpu().double().numpy())
     z_q_np = z_q.transpose(0, 1).cpu().double().numpy()  # [n, S, D]
@@ -285,8 +309,10 @@ def amortisation_report(
             "log_px_iwae_local": float(iwae_local[i]),
             "approximation_gap": float(log_px[i] - local[i]),
             "amortisation_gap": float(local[i] - amortised[i]),
+            "amortisation_gap_se": float(gap_se[i]),
             "inference_gap": float(log_px[i] - amortised[i]),
             "psis_khat": _json_float(khat[i]),
+            "local_worse_than_encoder": bool(local_worse[i]),
         }
         if nuts_z is not None:
             target_fit = _fit(nuts_z[i])
@@ -300,7 +326,7 @@ def amortisation_report(
             row["coverage"] = coverage
         rows.append(row)
 
-    scalar_keys = [k for k, v in rows[0].items() if k != "obs" and isinstance(v, float)]
+    scalar_keys = [k for k, v in rows[0].items() if k != "obs" and isinstance(v, float) and not isinstance(v, bool)]
     mean = {k: float(np.mean([r[k] for r in rows])) for k in scalar_keys}
     mean["psis_khat"] = _json_float(np.mean(khat)) if np.isfinite(khat).all() else _json_float(np.max(khat))
     mean["psis_khat_max"] = _json_float(np.max(khat))
@@ -309,17 +335,26 @@ def amortisation_report(
     report: dict[str, Any] = {
         "datapoints": rows,
         "mean": mean,
+        "warnings": [],
         "settings": {
             "num_samples": num_samples,
             "local_steps": int(local_steps),
             "local_lr": float(local_lr),
             "local_particles": int(local_particles),
             "credible_levels": levels,
-            "log_px": "max of the IWAE estimates with num_samples draws from the encoder and from the local Gaussian",
+            "log_px": "multiple importance sampling (balance heuristic) over the num_samples encoder draws and "
+            "the num_samples local-Gaussian draws; log_px_iwae and log_px_iwae_local are each proposal's IWAE",
             "distance": "2-Wasserstein between Gaussians fitted (mean, full covariance) to the draws",
             "psis": "arviz.psislw of log p(x,z) - log q(z|x), reff=1; -inf means constant weights",
         },
     }
+    worse = [r for r in rows if r["local_worse_than_encoder"]]
+    if worse:
+        report["warnings"].append(
+            f"local optimisation ended below the encoder's ELBO (by more than 2 standard errors) for "
+            f"{len(worse)} of {n} datapoints (obs {[r['obs'] for r in worse]}); their amortisation gaps are "
+            "negative and the approximation gaps overstated. Raise local_steps or lower local_lr."
+        )
     if nuts is not None:
         diag = nuts_diagnostics(nuts, var_name=target.latent_site)
         report["nuts"] = {k: diag[k] for k in ("max_r_hat", "min_ess_bulk", "divergences")}

@@ -71,6 +71,7 @@ from .arviz import (
     _seeded,
     az,
     frozen_parameters,
+    latent_sites,
     log_joint,
     nuts_diagnostics,
     resolve_target,
@@ -235,25 +236,34 @@ def amortisation_report(
         raise ValueError(f"credible_levels must lie in (0, 1), got {list(credible_levels)!r}.")
     n = x.shape[0]
     index = _obs_index(obs_index, n)
+    sites = latent_sites(target, x)
     nuts_z = None
     if nuts is not None:
-        if not isinstance(nuts, az.InferenceData) or target.latent_site not in getattr(nuts, "posterior", {}):
+        posterior = getattr(nuts, "posterior", {}) if isinstance(nuts, az.InferenceData) else {}
+        missing = [name for name in sites if name not in posterior]
+        if missing:
             raise TypeError(
-                f"nuts must be the InferenceData from sample_posterior_nuts with posterior variable "
-                f"{target.latent_site!r}."
+                f"nuts must be the InferenceData from sample_posterior_nuts with posterior variables "
+                f"{list(sites)}; missing {missing}."
             )
         post = nuts.posterior[target.latent_site]
         if post.sizes.get("obs") != n:
             raise ValueError(f"nuts holds {post.sizes.get('obs')} datapoints but x holds {n}; run NUTS on the same x.")
-        # [obs, chain*draw, latent]
-        nuts_z = post.stack(sample=("chain", "draw")).transpose("obs", "sample", "latent").values
+        # every latent site, flattened in site order: [obs, chain*draw, D_total]
+        parts = []
+        for name in sites:
+            var = nuts.posterior[name].stack(sample=("chain", "draw"))
+            values = var.transpose("obs", "sample", ...).values
+            parts.append(values.reshape(values.shape[0], values.shape[1], -1))
+        nuts_z = np.concatenate(parts, -1)
 
     with _seeded(random_seed, x.device), frozen_parameters(target):
         nesting = _max_plate_nesting(target.model, x)
         # amortised ELBO and IWAE from the same encoder draws. With a Gaussian encoder the draws are
         # loc + scale * eps, and the local Gaussian is evaluated on the same eps (common random numbers),
         # so the amortisation gap carries no Monte Carlo noise from two independent sample sets.
-        if target.encoder is not None:
+        use_encoder = target.encoder is not None and list(sites) == [target.latent_site]
+        if use_encoder:
             with torch.no_grad():
                 loc0, scale0 = target.encoder(x)
                 loc0, scale0 = loc0.reshape(n, -1), scale0.reshape(n, -1)
@@ -285,7 +295,7 @@ def amortisation_report(
             gap_se = (log_w_local - log_w).std(0) / math.sqrt(num_samples)
             # log p(x) by multiple importance sampling over both sample sets (balance heuristic): each
             # draw is weighted against the equal mixture of the two proposals
-            if target.encoder is not None:
+            if use_encoder:
                 log_q_enc_at_local = dist.Normal(loc0, scale0).log_prob(z_loc).sum(-1)
             else:
                 log_q_enc_at_local = _guide_log_q(target, x, z_loc)[1]
@@ -356,7 +366,7 @@ def amortisation_report(
             "negative and the approximation gaps overstated. Raise local_steps or lower local_lr."
         )
     if nuts is not None:
-        diag = nuts_diagnostics(nuts, var_name=target.latent_site)
+        diag = nuts_diagnostics(nuts)
         report["nuts"] = {k: diag[k] for k in ("max_r_hat", "min_ess_bulk", "divergences")}
     return report
 

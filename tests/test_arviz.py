@@ -318,3 +318,29 @@ def test_a_latent_site_the_guide_does_not_sample_is_a_clear_error():
 
     with pytest.raises(ValueError, match="guide does not sample the model's latent site 'u'"):
         to_inference_data((_hier_model, guide), _hier_data(2), num_draws=2)
+
+
+def test_enumerated_discrete_sites_are_summed_out():
+    # z | c ~ N(μ_c, 0.3²) with c ~ Categorical(w) enumerated; x | z ~ N(z, 0.5²). The analysis sums c out:
+    # log p(z) must be the mixture density, computed here with MixtureSameFamily
+    locs, w = torch.tensor([[-1.0, 0.0], [1.0, 0.0], [0.0, 1.5]]), torch.tensor([0.3, 0.3, 0.4])
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            c = pyro.sample("c", dist.Categorical(w), infer={"enumerate": "parallel"})
+            z = pyro.sample("z", dist.Normal(locs[c], 0.3).to_event(1))
+            pyro.sample("x", dist.Normal(z, 0.5).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(0.8 * x, 0.4).to_event(1))
+
+    x = torch.tensor([[-1.0, 0.2], [0.1, 1.4], [0.9, -0.1]])
+    idata = to_inference_data((model, guide), x, num_draws=50, random_seed=0)
+    assert set(idata.posterior.data_vars) == {"z"}  # c is summed out, not a posterior variable
+    z = torch.as_tensor(idata.posterior["z"].values[0], dtype=torch.float32)
+    mixture = dist.MixtureSameFamily(dist.Categorical(w), dist.Normal(locs, 0.3).to_event(1))
+    expected = mixture.log_prob(z) + dist.Normal(z, 0.5).log_prob(x).sum(-1)
+    np.testing.assert_allclose(idata.sample_stats["log_joint"].values[0], expected.numpy(), rtol=1e-5, atol=1e-5)
+    nuts = sample_posterior_nuts((model, guide), x[:1], num_samples=30, warmup_steps=20, random_seed=0)
+    assert nuts.posterior["z"].shape == (2, 30, 1, 2)

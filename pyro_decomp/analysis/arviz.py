@@ -90,11 +90,15 @@ class ModelTarget:
     encoder: Callable | None = None  # x -> (loc, scale) when the guide is a diagonal Gaussian encoder
     # every latent site of the model -> its shape per datapoint, in the model's order (from latent_sites)
     sites: dict[str, tuple[int, ...]] | None = None
+    # discrete sites the model enumerates (infer={"enumerate": "parallel"}): summed out, never sampled
+    enumerated: tuple[str, ...] = ()
 
 
 def latent_sites(target: ModelTarget, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
     """The model's latent sites and their shapes per datapoint, ``{name: event shape}``, in program order.
 
+    Discrete sites marked ``infer={"enumerate": "parallel"}`` are not latent sites here: they are summed
+    out of every density (see :func:`log_joint`), as :class:`~pyro.infer.TraceEnum_ELBO` does in training.
     Raises ``ValueError`` for a latent site outside the data plate, one without real support, a missing
     ``latent_site``, or a latent site the guide does not sample.
     """
@@ -109,6 +113,10 @@ def latent_sites(target: ModelTarget, x: torch.Tensor) -> dict[str, tuple[int, .
         if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
             continue
         if site.get("infer", {}).get("_do_not_score"):
+            continue
+        if site.get("infer", {}).get("enumerate") == "parallel":
+            # summed out exactly wherever the model's density is needed
+            target.enumerated = target.enumerated + (name,)
             continue
         value = site["value"]
         if value.dim() == 0 or value.shape[0] != n:
@@ -325,6 +333,8 @@ def log_joint(
     num, n = z.shape[0], x.shape[0]
     sites = latent_sites(target, x)
     nesting = _max_plate_nesting(target.model, x) if nesting is None else nesting
+    if target.enumerated:
+        return _log_joint_enumerated(target, x, z, sites, nesting)
     trace = _vectorised_trace(target.model, x, num, nesting, unflatten_sites(z, sites))
     log_prior = z.new_zeros(num, n)
     log_lik = z.new_zeros(num, n)
@@ -338,6 +348,37 @@ def log_joint(
         else:
             log_lik = log_lik + _site_log_prob(site, num, n)
     return log_prior, log_lik
+
+
+def _log_joint_enumerated(target, x, z, sites, nesting) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`log_joint` for a model with enumerated discrete sites, which are summed out exactly:
+    :math:`\\log p(z) = \\log \\sum_c p(c)\\,p(z \\mid c)` and :math:`\\log p(x \\mid z) = \\log p(x, z) - \\log p(z)`."""
+    num, n = z.shape[0], x.shape[0]
+    with pyro.plate(_PARTICLES, num, dim=-nesting - 1):
+        program = poutine.enum(poutine.condition(target.model, data=unflatten_sites(z, sites)), first_available_dim=-nesting - 2)
+        trace = poutine.trace(program).get_trace(x)
+    prior_terms, all_terms = [], []
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site) or site.get("infer", {}).get("_do_not_score"):
+            continue
+        lp = site["fn"].log_prob(site["value"])
+        all_terms.append(lp)
+        if name in sites or name in target.enumerated:
+            prior_terms.append(lp)
+
+    def contract(terms: list[torch.Tensor]) -> torch.Tensor:
+        # one datapoint's factors all share its enumeration dims (left of the particle dim): add, then sum out
+        total = sum(terms)
+        total = total.reshape(total.shape[: total.dim() - nesting - 1] + (num, -1))
+        if total.shape[-1] != n:
+            raise ValueError(
+                f"the model's log-density has shape {tuple(total.shape)}; the analysis needs one value per datapoint "
+                f"({n}). Put every site inside the data plate."
+            )
+        return total.reshape(-1, num, n).logsumexp(0)
+
+    log_prior = contract(prior_terms)
+    return log_prior, contract(all_terms) - log_prior
 
 
 def sample_guide(
@@ -462,7 +503,7 @@ def to_inference_data(
             # the model observes x, so Predictive's value at the site is x itself: draw from the likelihood
             xs_pred.append(obs_node["fn"].sample().reshape(size, n, *obs_shape))
             log_liks.append(obs_node["fn"].log_prob(x).reshape(size, n))
-            log_priors.append(sum(_site_log_prob(trace.nodes[name], size, n) for name in sites))
+            log_priors.append(log_joint(target, x, z)[0])  # sums out enumerated sites
             zs.append(z)
             log_qs.append(log_q)
         for size in _chunks(num_chains * num_prior_draws, chunk_size):
@@ -600,6 +641,8 @@ def sample_posterior_nuts(
                     max_tree_depth=int(max_tree_depth),
                     init_strategy=init_to_value(values=values),
                     jit_compile=False,
+                    # enumerated discrete sites are summed out by Pyro's HMC, which needs the plate depth
+                    max_plate_nesting=_max_plate_nesting(target.model, x) if target.enumerated else None,
                 )
                 mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup_steps, disable_progbar=True)
                 mcmc.run(x)

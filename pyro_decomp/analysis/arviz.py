@@ -278,7 +278,11 @@ def frozen_parameters(target: ModelTarget) -> Iterator[None]:
             t.requires_grad_(False)
         for sub, _ in modes.values():
             sub.training = False
-        yield
+        with warnings.catch_warnings():
+            # a hand-written model's pyro.module(...) of a module we cannot see (not an attribute of the
+            # model or guide) warns that its frozen weights are not registered: freezing them is the point
+            warnings.filterwarnings("ignore", message=".*not registered in the param store because requires_grad=False")
+            yield
     finally:
         for k, t in tensors.items():
             t.requires_grad_(flags[k])

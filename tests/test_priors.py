@@ -219,6 +219,8 @@ def test_base_prior_uses_the_covering_estimator():
         # 50,000 draws per stratum (the default 4096 would give ~4x the error)
         assert LaplacePrior(2).log_normaliser(beta, num_samples=50_000).item() == pytest.approx(exact, abs=0.05)
     assert LaplacePrior(2).log_normaliser(0.0).item() == math.inf
+    with pytest.raises(ValueError, match="num_samples must be an integer >= 2"):
+        LaplacePrior(2).log_normaliser(0.5, num_samples=0)
 
 
 def test_pca_variances_follow_the_centred_singular_values():

@@ -144,9 +144,10 @@ def importance_log_normaliser(
     >>> abs(est.item() - gaussian_log_normaliser(torch.ones(1), 0.5).item()) < 0.02
     True
     """
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
+        raise ValueError(f"num_samples must be an integer >= 2, got {num_samples!r}.")
     if beta <= 0:
         return torch.full(distribution.batch_shape, math.inf)
-    num_samples = int(num_samples)
     with torch.no_grad():
         z_p = distribution.sample((num_samples,))  # [S, *batch, *event]
         event = distribution.event_shape
@@ -401,7 +402,7 @@ class StudentTPrior(Prior):
         nu = self.df
         log_c = math.lgamma((nu + 1) / 2) - 0.5 * math.log(nu * math.pi) - math.lgamma(nu / 2)
         per_dim = beta * log_c + 0.5 * math.log(nu * math.pi) + math.lgamma(a - 0.5) - math.lgamma(a)
-        return torch.tensor(self.latent_dim * per_dim, dtype=self._anchor.dtype)
+        return torch.tensor(self.latent_dim * per_dim, dtype=self._anchor.dtype, device=self._anchor.device)
 
 
 def mixture_means(latent_dim: int, n_components: int, layout: str = "corners") -> torch.Tensor:
@@ -521,8 +522,9 @@ class GaussianMixturePrior(Prior):
         """
         if beta <= 0:
             return torch.tensor(math.inf)
-        means = self.means.detach().double()
-        weights = self.weights.detach().double()
+        # a deterministic computation on a few numbers: done on the CPU in float64 whatever the device
+        means = self.means.detach().double().cpu()
+        weights = self.weights.detach().double().cpu()
         D, var = self.latent_dim, self.variance
         sigma, spread = math.sqrt(var), math.sqrt(var / beta)
 
@@ -552,9 +554,9 @@ class GaussianMixturePrior(Prior):
                 return float(torch.logsumexp(log_w, 0) - math.log(int(num_samples)))
 
         if not use_grid:  # a Monte Carlo estimate is drawn afresh each call
-            return torch.tensor(compute(), dtype=self._anchor.dtype)
+            return torch.tensor(compute(), dtype=self._anchor.dtype, device=self._anchor.device)
         key = (_tensor_key(self.means), _tensor_key(self.weights), var, beta)
-        return torch.tensor(self._memo_log_normaliser(key, compute), dtype=self._anchor.dtype)
+        return torch.tensor(self._memo_log_normaliser(key, compute), dtype=self._anchor.dtype, device=self._anchor.device)
 
 
 class SparseMixturePrior(Prior):
@@ -610,4 +612,4 @@ class SparseMixturePrior(Prior):
             return float(_grid_log_integral(log_f, [-half], [half], step))
 
         val = self._memo_log_normaliser((beta, g, s0), compute)
-        return torch.tensor(self.latent_dim * val, dtype=self._anchor.dtype)
+        return torch.tensor(self.latent_dim * val, dtype=self._anchor.dtype, device=self._anchor.device)

@@ -11,7 +11,8 @@ For each datapoint the report holds (Cremer, Li & Duvenaud 2018, "Inference subo
 * :math:`\\mathcal L_{\\text{amortised}} = \\mathbb E_{q_\\phi(z|x)}[\\log p(x,z) - \\log q_\\phi(z|x)]`, Monte Carlo
   with ``num_samples`` draws;
 * :math:`\\mathcal L_{\\text{local}}`: the same bound for a diagonal Gaussian :math:`\\mathcal N(m_i, \\mathrm{diag}\\,s_i^2)`
-  whose parameters are optimised *for this datapoint alone* by Adam (all datapoints at once, vectorised),
+  over *all* the model's latent sites of datapoint :math:`i` (concatenated, e.g. ``(log_scale, z)`` for
+  a hierarchical prior; enumerated discrete sites are summed out), optimised *for this datapoint alone* by Adam (all datapoints at once, vectorised),
   warm-started from the encoder, with the "sticking the landing" gradient (Roeder et al. 2017: the
   score term of :math:`\\log q` is dropped, so the gradient is exactly zero once :math:`q` equals the
   posterior) and evaluated afterwards on ``num_samples`` fresh draws;
@@ -114,7 +115,8 @@ def fit_local_gaussians(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-datapoint diagonal Gaussians maximising each datapoint's ELBO, the decoder frozen.
 
-    ``loc, scale: [n, D]`` are the warm start (usually the encoder's output); returns the optimised
+    ``loc, scale: [n, D_total]`` are the warm start over all latent sites flattened (see
+    :func:`~pyro_decomp.analysis.arviz.latent_sites`; usually the encoder's output); returns the optimised
     ``(loc, scale)``. The objective is :math:`\\sum_i \\mathbb E_{q_i}[\\log p(x_i, z) - \\log q_i(z)]`
     - a sum of independent terms, so one Adam run optimises every datapoint's parameters separately.
     Gradients use the "sticking the landing" estimator (Roeder et al. 2017).

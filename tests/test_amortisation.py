@@ -204,7 +204,8 @@ def test_analyse_run_default_loader_on_a_trained_run(tmp_path):
     cfg = load_experiment("fig3-pinwheel", size="smoke", overrides=overrides)
     run = tmp_path / "run"
     run_experiment(cfg, run, evaluate=False)
-    paths = analyse_run(run, nuts_datapoints=0, out_dir=tmp_path / "analysis", num_draws=4, num_samples=50, local_steps=2)
+    kw = dict(num_draws=4, num_samples=50, local_steps=2)
+    paths = analyse_run(run, nuts_datapoints=0, out_dir=tmp_path / "analysis", **kw)
     vae, x = load_run(run)  # the same model and test split, rebuilt independently of analyse_run
     report = json.loads(paths["amortisation"].read_text())
     assert len(report["datapoints"]) == min(8, x.shape[0]) == 8  # gap_datapoints=8 of the 12 test points

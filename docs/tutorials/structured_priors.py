@@ -207,8 +207,9 @@ def main(steps: int | None = None, *, nuts_points: int = 2, nuts_samples: int = 
         results[name] = {**trained, **analysis}
         terms, report = trained["terms"], analysis["report"]["mean"]
         print(f"== {name} prior, {steps} steps")
-        print(f"   loss {trained['losses'][0]:.1f} -> {trained['losses'][-1]:.1f}; "
-              f"reconstruction {terms['reconstruction']:.1f}, kl {terms['kl']:.1f}, divergence {terms['divergence']:.3f}")
+        print(f"   loss {trained['losses'][0]:.1f} -> {trained['losses'][-1]:.1f}")
+        print(f"   reconstruction {terms['reconstruction']:.1f}, kl {terms['kl']:.1f}, "
+              f"divergence {terms['divergence']:.3f}")
         print(f"   NUTS: max R-hat {analysis['diagnostics']['max_r_hat']:.3f}, "
               f"{analysis['diagnostics']['divergences']} divergences")
         print(f"   amortisation gap {report['amortisation_gap']:.3f} nats, "

@@ -12,7 +12,8 @@ For each datapoint the report holds (Cremer, Li & Duvenaud 2018, "Inference subo
   with ``num_samples`` draws;
 * :math:`\\mathcal L_{\\text{local}}`: the same bound for a diagonal Gaussian :math:`\\mathcal N(m_i, \\mathrm{diag}\\,s_i^2)`
   over *all* the model's latent sites of datapoint :math:`i` (concatenated, e.g. ``(log_scale, z)`` for
-  a hierarchical prior; enumerated discrete sites are summed out), optimised *for this datapoint alone* by Adam (all datapoints at once, vectorised),
+  a hierarchical prior; enumerated discrete sites are summed out), optimised *for this datapoint alone*
+  by Adam (all datapoints at once, vectorised),
   warm-started from the encoder, with the "sticking the landing" gradient (Roeder et al. 2017: the
   score term of :math:`\\log q` is dropped, so the gradient is exactly zero once :math:`q` equals the
   posterior) and evaluated afterwards on ``num_samples`` fresh draws;

@@ -153,7 +153,9 @@ def _site_size(shape: tuple[int, ...]) -> int:
     return int(np.prod(shape)) if shape else 1
 
 
-def flatten_sites(values: Mapping[str, torch.Tensor], sites: Mapping[str, tuple[int, ...]], num: int, n: int) -> torch.Tensor:
+def flatten_sites(
+    values: Mapping[str, torch.Tensor], sites: Mapping[str, tuple[int, ...]], num: int, n: int
+) -> torch.Tensor:
     """Concatenate per-site values ``{name: [num, n, *shape]}`` into ``[num, n, D_total]`` in site order."""
     return torch.cat([values[name].reshape(num, n, _site_size(shape)) for name, shape in sites.items()], -1)
 
@@ -166,7 +168,9 @@ def unflatten_sites(flat: torch.Tensor, sites: Mapping[str, tuple[int, ...]]) ->
         out[name] = flat[..., start : start + size].reshape(flat.shape[:-1] + shape)
         start += size
     if start != flat.shape[-1]:
-        raise ValueError(f"z has {flat.shape[-1]} values per datapoint but the latent sites {dict(sites)} need {start}.")
+        raise ValueError(
+            f"z has {flat.shape[-1]} values per datapoint but the latent sites {dict(sites)} need {start}."
+        )
     return out
 
 
@@ -356,10 +360,12 @@ def log_joint(
 
 def _log_joint_enumerated(target, x, z, sites, nesting) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`log_joint` for a model with enumerated discrete sites, which are summed out exactly:
-    :math:`\\log p(z) = \\log \\sum_c p(c)\\,p(z \\mid c)` and :math:`\\log p(x \\mid z) = \\log p(x, z) - \\log p(z)`."""
+    :math:`\\log p(z) = \\log \\sum_c p(c)\\,p(z \\mid c)` and
+    :math:`\\log p(x \\mid z) = \\log p(x, z) - \\log p(z)`."""
     num, n = z.shape[0], x.shape[0]
     with pyro.plate(_PARTICLES, num, dim=-nesting - 1):
-        program = poutine.enum(poutine.condition(target.model, data=unflatten_sites(z, sites)), first_available_dim=-nesting - 2)
+        conditioned = poutine.condition(target.model, data=unflatten_sites(z, sites))
+        program = poutine.enum(conditioned, first_available_dim=-nesting - 2)
         trace = poutine.trace(program).get_trace(x)
     prior_terms, all_terms = [], []
     for name, site in trace.nodes.items():

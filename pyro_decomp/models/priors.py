@@ -503,7 +503,9 @@ class GaussianMixturePrior(Prior):
         return self.component_log_prob(z).argmax(-1)
 
     def log_normaliser(self, beta: float, *, num_samples: int = 4096) -> torch.Tensor:
-        """:math:`\\log F_\\beta = \\log \\int \\big(\\sum_c \\pi_c \\mathcal N(z; \\mu_c, \\sigma^2 I)\\big)^\\beta dz`.
+        """Log normaliser of the annealed mixture (paper Theorem 1):
+
+        .. math:: \\log F_\\beta = \\log \\int \\big(\\sum_c \\pi_c \\mathcal N(z; \\mu_c, \\sigma^2 I)\\big)^\\beta dz
 
         * ``latent_dim <= 2``: deterministic quadrature, the trapezoid rule in log space on a grid with
           spacing a quarter of :math:`\\min(\\sigma, \\sigma/\\sqrt\\beta)` (the narrowest feature of
@@ -514,7 +516,8 @@ class GaussianMixturePrior(Prior):
           :math:`q(z) = \\sum_c w_c\\, \\mathcal N(z; \\mu_c, \\sigma^2 I / \\beta)` with
           :math:`w_c \\propto \\pi_c^\\beta`. Since :math:`\\mathcal N(\\mu_c, \\sigma^2)^\\beta = G_\\beta\\,
           \\mathcal N(\\mu_c, \\sigma^2/\\beta)` (:math:`G_\\beta` the Gaussian :math:`F_\\beta`) and
-          :math:`p \\le C \\max_c \\pi_c \\mathcal N_c`, the weights :math:`p^\\beta/q \\le C^\\beta G_\\beta \\sum_c \\pi_c^\\beta`
+          :math:`p \\le C \\max_c \\pi_c \\mathcal N_c`, the weights
+          :math:`p^\\beta/q \\le C^\\beta G_\\beta \\sum_c \\pi_c^\\beta`
           are bounded for every :math:`\\beta > 0`, so the estimate has finite variance (sampling from
           ``p`` itself has infinite variance for :math:`\\beta \\le \\tfrac12`).
 
@@ -556,7 +559,8 @@ class GaussianMixturePrior(Prior):
         if not use_grid:  # a Monte Carlo estimate is drawn afresh each call
             return torch.tensor(compute(), dtype=self._anchor.dtype, device=self._anchor.device)
         key = (_tensor_key(self.means), _tensor_key(self.weights), var, beta)
-        return torch.tensor(self._memo_log_normaliser(key, compute), dtype=self._anchor.dtype, device=self._anchor.device)
+        value = self._memo_log_normaliser(key, compute)
+        return torch.tensor(value, dtype=self._anchor.dtype, device=self._anchor.device)
 
 
 class SparseMixturePrior(Prior):

@@ -1,9 +1,45 @@
-"""The decomposition objective :math:`\\mathcal L_{\\alpha,\\beta}` as a drop-in :class:`pyro.infer.ELBO`."""
+"""The decomposition objective :math:`\\mathcal L_{\\alpha,\\beta}` as a drop-in :class:`pyro.infer.ELBO`.
+
+Design (it follows Pyro's ``Trace_ELBO`` family, and reuses its machinery):
+
+* **Traces.** :func:`pyro.infer.enum.get_importance_trace` traces the guide, replays the model, runs
+  Pyro's model/guide checks, prunes subsample sites and stores every site's ``log_prob_sum`` and
+  ``score_parts`` (scaled and masked). Particles come from :class:`pyro.infer.ELBO` (vectorised or not).
+* **One pure function per trace pair**, :meth:`DecompositionELBO._differentiable_loss_particle`, returns
+  the loss and its terms:
+
+  - ``reconstruction`` = :math:`-\\sum \\log p` over the model sites the guide does not sample (the
+    observations, and any latent left to the model's prior, exactly as ``Trace_ELBO`` counts them);
+  - ``kl`` = :math:`\\sum [\\log q - \\log p]` over the guide's sites, analytic where
+    :func:`~torch.distributions.kl_divergence` knows the pair and the site is reparameterised
+    (``TraceMeanField_ELBO``'s choice, with its mean-field ordering warning), plus :math:`\\log q` of
+    guide-only (auxiliary) sites such as every autoguide's joint latent or a guide-side ``pyro.factor``;
+  - ``loss`` = ``reconstruction + β kl + weighted_divergence`` (Eq. 7), or Eq. 5 for ``objective="entropy"``.
+
+  Non-reparameterised guide sites get ``Trace_ELBO``'s score-function surrogate with plate-aware credit:
+  each site's score is multiplied by the (β-weighted, detached) costs that share its plates
+  (:class:`~pyro.infer.util.MultiFrameTensor`), and the batch-level divergence, which shares no plate,
+  credits every site. The score is not scaled by subsampling (Pyro's ``ScoreParts``). The gradient is
+  therefore unbiased for every ``num_particles``, and at β = 1, α = 0 it is ``Trace_ELBO``'s, seed by seed.
+* **Enumeration.** When a model or guide site asks for ``infer={"enumerate": ...}``, traces come from
+  :class:`~pyro.infer.TraceEnum_ELBO`, and :meth:`DecompositionELBO._enumerated_loss_particle` uses its
+  contraction and Dice estimator twice: over all model factors (:math:`\\log p(x, z)`) and over the latent
+  ones only (:math:`\\log p(z)`, the observations removed), which separates the Eq. 7 terms with every
+  discrete site summed out. At β = 1, α = 0 the loss is ``TraceEnum_ELBO``'s.
+* **The divergence's batch** is built outside the loss by
+  :func:`~pyro_decomp.divergences.base.build_aggregate_batch`, with the *marginal* prior of the site
+  (:mod:`pyro_decomp.models.marginal`): a :class:`~pyro_decomp.models.priors.Prior`'s closed form; for any
+  other prior program (``model.prior``), enumerated sites summed exactly and other parents
+  importance-sampled (``marginal_samples``); for a model without a prior program, the model's own density
+  when the site has no latent parents, else a clear error.
+* **Theorem 1 diagnostics** (:meth:`DecompositionELBO._theorem1_terms`) are computed only by
+  :meth:`DecompositionELBO.loss_terms`. ``loss``, ``differentiable_loss`` and ``loss_terms`` change no
+  state; ``loss_and_grads`` advances the schedules and lets the divergence update itself.
+"""
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -11,13 +47,17 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
+from pyro.distributions.util import is_identically_zero
 from pyro.infer.elbo import ELBO
-from pyro.infer.util import is_validation_enabled, torch_item
+from pyro.infer.enum import get_importance_trace
+from pyro.infer.trace_mean_field_elbo import _check_mean_field_requirement
+from pyro.infer.traceenum_elbo import TraceEnum_ELBO, _compute_dice_elbo
+from pyro.infer.util import MultiFrameTensor, get_plate_stacks, is_validation_enabled, torch_item
 from pyro.poutine.util import site_is_subsample
-from pyro.util import check_model_guide_match, check_site_shape
 from torch.distributions import kl_divergence
 
-from .divergences.base import AggregateBatch, Divergence
+from .divergences.base import AggregateBatch, Divergence, build_aggregate_batch
+from .models.marginal import ModelSiteDensity, PriorModuleDensity, ProgramMarginal
 from .models.priors import Prior, gaussian_log_normaliser
 
 __all__ = ["DecompositionELBO"]
@@ -103,16 +143,15 @@ class DecompositionELBO(ELBO):
     with :math:`n` the (scaled) number of datapoints (SPEC §2): the seeds' α values carry over.
 
     :param beta: weight of the KL of every latent site (a number or a schedule ``step -> float``).
-        ``beta=0`` is allowed. ``beta=1, alpha=0`` equals :class:`~pyro.infer.TraceMeanField_ELBO`.
+        ``beta=0`` is allowed. ``beta=1, alpha=0`` is Pyro's ELBO (see the module docstring).
     :param alpha: weight of the aggregate-posterior divergence.
     :param divergence: a :class:`~pyro_decomp.divergences.Divergence`, or ``None``.
     :param objective: ``"beta"`` for Eq. 2/7; ``"entropy"`` for the entropy-regularised Eq. 5,
         :math:`\\mathcal L + \\frac{\\beta-1}{2}\\log|S_\\phi(x)|` (the KL then has weight 1).
     :param latent_site: the site the divergence acts on; default: the prior's ``site`` or ``"z"``.
     :param num_particles: Monte Carlo particles, vectorised by default.
-
-    The KL of each latent site is analytic when :func:`torch.distributions.kl_divergence` knows the pair,
-    and a reparameterised single-sample Monte Carlo estimate :math:`\\log q(z) - \\log p(z)` otherwise.
+    :param marginal_samples: ``K``, importance samples per point for the marginal prior density of a
+        multi-site prior program (:class:`~pyro_decomp.models.marginal.ProgramMarginal`).
 
     >>> import pyro, pyro_decomp
     >>> elbo = pyro_decomp.DecompositionELBO(beta=4.0, alpha=100.0, divergence=pyro_decomp.divergences.InclusiveKL())
@@ -132,6 +171,7 @@ class DecompositionELBO(ELBO):
         vectorize_particles: bool = True,
         max_plate_nesting: float = float("inf"),
         log_F_beta_samples: int = 4096,
+        marginal_samples: int = 256,
         **kwargs: Any,
     ) -> None:
         unknown = set(kwargs) - {
@@ -144,6 +184,8 @@ class DecompositionELBO(ELBO):
             raise TypeError(f"DecompositionELBO got unexpected keyword arguments {sorted(unknown)}.")
         if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
             raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}.")
+        if isinstance(marginal_samples, bool) or not isinstance(marginal_samples, int) or marginal_samples < 1:
+            raise ValueError(f"marginal_samples must be a positive integer, got {marginal_samples!r}.")
         super().__init__(
             num_particles=num_particles,
             max_plate_nesting=max_plate_nesting,
@@ -165,9 +207,20 @@ class DecompositionELBO(ELBO):
         self.objective = objective
         self.latent_site = latent_site
         self.log_F_beta_samples = int(log_F_beta_samples)
+        self.marginal_samples = marginal_samples
         self.step = 0
         self.last_terms: dict[str, torch.Tensor] = {}
+        # Pyro's own enumeration machinery: traces, contraction and Dice, used when a site asks for it
+        self._enum_elbo = TraceEnum_ELBO(
+            num_particles=num_particles,
+            max_plate_nesting=max_plate_nesting,
+            vectorize_particles=vectorize_particles,
+            **kwargs,
+        )
+        # memos of facts about the last model/guide seen (SVI passes the same ones every step)
         self._prior_cache: tuple[Callable, Callable | None] | None = None
+        self._marginal_cache: tuple[Callable, str, ProgramMarginal] | None = None
+        self._enum_cache: tuple[Callable, Callable, bool] | None = None
 
     # ------------------------------------------------------------------ state
     def current_weights(self) -> dict[str, float]:
@@ -198,25 +251,16 @@ class DecompositionELBO(ELBO):
             self.divergence.load_state_dict(state["divergence"])
 
     def _prior_of(self, model: Callable) -> Callable | None:
-        """:func:`_find_prior`, remembered for the last model seen (SVI passes the same one each step)."""
+        """:func:`_find_prior`, remembered for the last model seen."""
         if self._prior_cache is None or self._prior_cache[0] is not model:
             self._prior_cache = (model, _find_prior(model))
         return self._prior_cache[1]
 
     # ------------------------------------------------------------------ traces
     def _get_trace(self, model, guide, args, kwargs):
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-        if is_validation_enabled():
-            check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting)
-            for trace in (model_trace, guide_trace):
-                for site in trace.nodes.values():
-                    if site["type"] == "sample" and hasattr(site["fn"], "batch_shape"):
-                        # a meta tensor of the batch shape stands in for log_prob: no arithmetic needed
-                        shape = site["fn"].batch_shape
-                        check_site_shape(dict(site, log_prob=torch.empty(shape, device="meta")), self.max_plate_nesting)
-        # subsample sites are skipped where the traces are read, which saves copying both traces per step
-        return model_trace, guide_trace
+        """One (model, guide) trace pair with Pyro's checks, pruned of subsample sites, with ``log_prob_sum``
+        and ``score_parts`` computed (scaled and masked) by Pyro."""
+        return get_importance_trace("flat", self.max_plate_nesting, model, guide, args, kwargs)
 
     def _get_traces(self, model, guide, args, kwargs):
         if self.num_particles == 1:
@@ -232,6 +276,27 @@ class DecompositionELBO(ELBO):
             finally:
                 pyro.util.set_rng_state(state)
         yield from super()._get_traces(model, guide, args, kwargs)
+
+    def _uses_enumeration(self, model, guide, args, kwargs) -> bool:
+        """Whether a model or guide site asks for enumeration (``infer={"enumerate": ...}``), found by
+        one blocked run with the RNG restored; remembered for the last (model, guide) pair."""
+        cache = self._enum_cache
+        if cache is not None and cache[0] == model and cache[1] == guide:
+            return cache[2]
+        state = pyro.util.get_rng_state()
+        try:
+            with poutine.block():
+                guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+                model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+        finally:
+            pyro.util.set_rng_state(state)
+        found = any(
+            site["type"] == "sample" and site["infer"].get("enumerate")
+            for trace in (guide_trace, model_trace)
+            for site in trace.nodes.values()
+        )
+        self._enum_cache = (model, guide, found)
+        return found
 
     def _resolve_site(self, model, guide_trace) -> str | None:
         if self.latent_site is not None:
@@ -253,155 +318,156 @@ class DecompositionELBO(ELBO):
             )
         return name
 
+    # ------------------------------------------------------------------ the divergence's batch
+    def _prior_density(self, model, model_trace, site: str):
+        """The marginal prior of ``site`` (:mod:`pyro_decomp.models.marginal`)."""
+        prior = self._prior_of(model)
+        if isinstance(prior, Prior) and prior.site == site:
+            return PriorModuleDensity(prior)
+        if prior is None:
+            return ModelSiteDensity(model_trace, site)
+        cache = self._marginal_cache
+        if cache is None or cache[0] is not prior or cache[1] != site:
+            cache = (prior, site, ProgramMarginal(prior, site, num_samples=self.marginal_samples))
+            self._marginal_cache = cache
+        return cache[2]
+
+    def _aggregate_batch(self, model, model_trace, guide_trace) -> AggregateBatch | None:
+        """The divergence's :class:`AggregateBatch` for one trace pair (``None`` without a divergence)."""
+        if self.divergence is None:
+            return None
+        site = self._resolve_site(model, guide_trace)
+        gsite = guide_trace.nodes[site]
+        density = self._prior_density(model, model_trace, site)
+        return build_aggregate_batch(self.divergence, gsite, density, dataset_size=_num_data(gsite))
+
     # ------------------------------------------------------------------ one trace pair
-    def _particle_terms(self, model, args, kwargs, model_trace, guide_trace, beta, alpha, *, extras=False):
-        """All terms for one (possibly vectorised) trace pair, each already summed over particles."""
-        P = self.num_particles if (self.vectorize_particles and self.num_particles > 1) else 1
-        log_lik = 0.0
-        kl = 0.0
-        entropy = 0.0
-        entropy_const = 0.0
-        score = 0.0  # log q of non-reparameterised guide sites, for the score-function surrogate
-        site_name = self._resolve_site(model, guide_trace)
-        latent_model_site = None
-        for name, site in model_trace.nodes.items():
-            if site["type"] != "sample" or site_is_subsample(site):
-                continue
-            if site["is_observed"]:
-                lp = scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"], site["mask"])
-                log_lik = log_lik + lp.sum()
-                continue
-            if name not in guide_trace.nodes:
-                continue  # sampled from the prior by replay; contributes no KL
-            gsite = guide_trace.nodes[name]
-            if not gsite["fn"].has_rsample:
-                score = (
-                    score + scale_and_mask(gsite["fn"].log_prob(gsite["value"]), gsite["scale"], gsite["mask"]).sum()
-                )
-            if name == site_name:
-                latent_model_site = site
-            kl_site = _site_kl(gsite["fn"], site["fn"], gsite["value"])
-            kl = kl + scale_and_mask(kl_site, gsite["scale"], gsite["mask"]).sum()
-            if self.objective == "entropy" or extras:
-                h = _site_entropy(gsite["fn"], gsite["value"])
-                entropy = entropy + scale_and_mask(h, gsite["scale"], gsite["mask"]).sum()
-                d = gsite["fn"].event_shape.numel()
-                entropy_const = (
-                    entropy_const
-                    + scale_and_mask(
-                        torch.full_like(h, 0.5 * d * (1 + math.log(2 * math.pi))),
-                        gsite["scale"],
-                        gsite["mask"],
-                    ).sum()
-                )
-
-        terms: dict[str, torch.Tensor] = {}
-        # P == 1 and β == 1 skip a no-op division/multiplication (one fewer autograd node each)
-        terms["reconstruction"] = -log_lik / P if P > 1 else -log_lik
-        terms["kl"] = kl / P if P > 1 else kl
-        loss = terms["reconstruction"]
-        if self.objective == "beta":
-            loss = loss + (terms["kl"] if beta == 1 else beta * terms["kl"])
-        else:
-            # Eq. 5: L + (β-1)/2 log|S| = L + (β-1)(H - D/2 (1 + log 2π)) for Gaussian guides
-            terms["entropy_regulariser"] = (entropy - entropy_const) / P
-            loss = loss + terms["kl"] - (beta - 1.0) * terms["entropy_regulariser"]
-
-        if self.divergence is not None and latent_model_site is not None:
-            batch = self._aggregate_batch(model, args, kwargs, guide_trace.nodes[site_name], latent_model_site, P)
-            n_eff = self._num_data(guide_trace.nodes[site_name])
-            if alpha == 0:
-                with torch.no_grad():
-                    d_hat = self.divergence(batch)
-            else:
+    def _divergence_terms(self, batch, alpha: float, particles: int) -> dict[str, torch.Tensor]:
+        """``divergence`` (:math:`\\hat D`) and ``weighted_divergence`` (:math:`n\\alpha\\hat D`), each times the
+        number of particles in the trace (the caller averages over particles)."""
+        if alpha == 0:
+            with torch.no_grad():
                 d_hat = self.divergence(batch)
-            terms["divergence"] = d_hat
-            terms["weighted_divergence"] = alpha * n_eff * d_hat
-            loss = loss + terms["weighted_divergence"]
-            self._last_batch = batch
-        if torch.is_tensor(score) and score.requires_grad:
-            # REINFORCE: ∇E_q[f] = E_q[∇f + f ∇log q]; the added term has value 0
-            surrogate = score * loss.detach()
-            loss = loss + (surrogate - surrogate.detach()) / P
-        terms["loss"] = loss
-        if extras:
-            terms.update(self._theorem1_terms(model, model_trace, guide_trace, beta, P, entropy))
+        else:
+            d_hat = self.divergence(batch)
+        weighted = alpha * batch.num_data * d_hat
+        return {"divergence": particles * d_hat, "weighted_divergence": particles * weighted}
+
+    def _differentiable_loss_particle(self, model_trace, guide_trace, beta: float, div_terms: dict):
+        """Loss and terms of one (possibly vectorised) trace pair, Trace_ELBO-style (see module docstring).
+
+        Returns ``terms`` with ``loss`` (a surrogate whose value is the loss and whose gradient is
+        unbiased), ``reconstruction`` and ``kl`` (values), plus ``div_terms``."""
+        score_sites = [
+            site
+            for site in guide_trace.nodes.values()
+            if site["type"] == "sample" and not is_identically_zero(site["score_parts"].score_function)
+        ]
+        if score_sites and self.objective == "entropy":
+            raise ValueError(
+                "objective='entropy' (paper Eq. 5) is defined for Gaussian, reparameterised guides; guide site "
+                f"{score_sites[0]['name']!r} is not reparameterised. Use objective='beta'."
+            )
+        costs = MultiFrameTensor() if score_sites else None  # per-site costs for score-function credit
+        stacks = get_plate_stacks(model_trace) if score_sites else None
+        reconstruction = 0.0
+        kl = 0.0
+        # Σ of the guide terms whose gradient is right (Pyro's entropy_term); kept apart from ``kl`` only
+        # once some site's differs from its value (a score-function site), to keep the graph small
+        kl_surrogate = None
+        analytic_kl_used = False
+        for name, site in model_trace.nodes.items():
+            if site["type"] != "sample":
+                continue
+            gsite = guide_trace.nodes.get(name)
+            if gsite is None or gsite["type"] != "sample":
+                # observed, or a latent the guide leaves to the model's prior: Trace_ELBO adds log p
+                reconstruction = reconstruction - site["log_prob_sum"]
+                if costs is not None:
+                    costs.add((stacks[name], -site["log_prob"].detach()))
+                continue
+            log_q, score, entropy_term = gsite["score_parts"]
+            kl_site = _analytic_kl(gsite, site) if is_identically_zero(score) else None
+            if kl_site is not None:
+                # reparameterised site with a closed-form KL (TraceMeanField_ELBO's choice)
+                analytic_kl_used = True
+                kl_sum = kl_site.sum()
+                kl = kl + kl_sum
+                kl_surrogate = kl_surrogate if kl_surrogate is None else kl_surrogate + kl_sum
+                cost = kl_site
+            else:
+                kl_surrogate = _add_guide_term(kl, kl_surrogate, gsite, -site["log_prob_sum"])
+                kl = kl + gsite["log_prob_sum"] - site["log_prob_sum"]
+                cost = log_q - site["log_prob"]
+            if costs is not None:
+                costs.add((stacks[name], beta * cost.detach()))
+        for name, gsite in guide_trace.nodes.items():
+            if gsite["type"] == "sample" and name not in model_trace.nodes:
+                # auxiliary guide site (every autoguide's joint latent, a guide-side factor): −log q counts
+                kl_surrogate = _add_guide_term(kl, kl_surrogate, gsite, 0.0)
+                kl = kl + gsite["log_prob_sum"]
+                if costs is not None:
+                    costs.add((get_plate_stacks(guide_trace)[name], beta * gsite["log_prob"].detach()))
+        if analytic_kl_used and is_validation_enabled():
+            _check_mean_field_requirement(model_trace, guide_trace)
+
+        terms: dict[str, torch.Tensor] = {"reconstruction": reconstruction, "kl": kl, **div_terms}
+        if self.objective == "entropy":
+            entropy, const = _guide_entropy(model_trace, guide_trace)
+            terms["entropy_regulariser"] = entropy - const
+        loss = _weighted_loss(terms, beta, self.objective)
+        if kl_surrogate is None and costs is None:
+            terms["loss"] = torch.as_tensor(loss)
+            return terms
+        surrogate = _weighted_loss(dict(terms, kl=kl if kl_surrogate is None else kl_surrogate), beta, self.objective)
+        if costs is not None:
+            if "weighted_divergence" in div_terms:
+                # the divergence is a batch-level cost: it shares no plate, so every site is credited with it
+                costs.add(((), div_terms["weighted_divergence"].detach()))
+            for gsite in score_sites:
+                credit = costs.sum_to(gsite["cond_indep_stack"])
+                surrogate = surrogate + (credit * gsite["score_parts"].score_function).sum()
+        terms["loss"] = _with_gradient_of(loss, surrogate)
         return terms
 
-    def _num_data(self, gsite) -> float:
-        """Scaled number of datapoints in the latent site's plate: B × subsample scale."""
-        batch = gsite["fn"].batch_shape
-        count = batch[-1] if len(batch) else 1
-        scale = gsite["scale"]
-        return float(torch_item(scale)) * count
+    def _enumerated_loss_particle(self, model_trace, guide_trace, beta: float, div_terms: dict):
+        """Loss and terms of one trace pair with enumerated sites, from TraceEnum_ELBO's contraction.
 
-    def _aggregate_batch(self, model, args, kwargs, gsite, msite, P) -> AggregateBatch:
-        fn, z_q = gsite["fn"], gsite["value"]
-        if fn.batch_shape and len(fn.batch_shape) == 1:
-            fn = fn.expand(torch.Size([1]) + fn.batch_shape)
-            z_q = z_q.unsqueeze(0)
-        if len(fn.batch_shape) != 2:
-            raise ValueError(
-                f"the divergence needs latent site {gsite['name']!r} inside exactly one data plate "
-                f"(batch_shape [particles, batch]); got batch_shape {tuple(fn.batch_shape)}."
-            )
-        if len(fn.event_shape) != 1:
-            raise ValueError(
-                f"the divergence needs a vector latent (event_shape [D]); site {gsite['name']!r} has "
-                f"event_shape {tuple(fn.event_shape)}. Use .to_event(1) on a flat latent."
-            )
-        B = z_q.shape[-2]
-        batch = AggregateBatch(guide_dist=fn, z_q=z_q, dataset_size=int(round(self._num_data(gsite))))
-        div = self.divergence
-        if div.needs_prior_log_prob:
-            m_fn = msite["fn"]
-            lp = m_fn.log_prob(msite["value"])
-            batch.log_p_zq = lp if lp.dim() == 2 else lp.reshape(z_q.shape[:-1])
-        prior = self._prior_of(model)
-        if isinstance(prior, Prior):
-            batch.prior_log_prob = prior.log_prob
-        if div.needs_prior_samples:
-            M = div.num_prior_samples or B
-            batch.z_p, batch.log_p_zp = self._prior_samples(model, prior, args, kwargs, gsite["name"], P, M)
-        return batch
+        ``log p(x, z)`` contracts every model factor, ``log p(z)`` only the latent ones (the observed
+        sites are removed), so ``reconstruction = −(ELBO − ELBO_prior)`` and ``kl = −ELBO_prior`` are the
+        Eq. 7 terms with every enumerated site summed out; Dice gives both unbiased gradients."""
+        if self.objective == "entropy":
+            raise ValueError("objective='entropy' (paper Eq. 5) needs a Gaussian guide and no enumerated sites.")
+        elbo = _compute_dice_elbo(model_trace, guide_trace)
+        prior_trace = model_trace.copy()
+        # keep the packing metadata (plate symbols) that TraceEnum_ELBO's tracing attached
+        prior_trace.__dict__.update({k: v for k, v in vars(model_trace).items() if k not in vars(prior_trace)})
+        for name, site in list(prior_trace.nodes.items()):
+            if site["type"] == "sample" and site["is_observed"]:
+                prior_trace.remove_node(name)
+        elbo_prior = _compute_dice_elbo(prior_trace, guide_trace)
+        terms: dict[str, torch.Tensor] = {"reconstruction": elbo_prior - elbo, "kl": -elbo_prior, **div_terms}
+        loss = _weighted_loss(terms, beta, self.objective)
+        if "weighted_divergence" in div_terms:
+            scores = [
+                site["score_parts"].score_function
+                for site in guide_trace.nodes.values()
+                if site["type"] == "sample" and not is_identically_zero(site["score_parts"].score_function)
+            ]
+            if scores:
+                cost = div_terms["weighted_divergence"].detach()
+                loss = _with_gradient_of(loss, loss + cost * sum(s.sum() for s in scores))
+        terms["loss"] = torch.as_tensor(loss)
+        return terms
 
-    def _prior_samples(self, model, prior, args, kwargs, site_name, P, M):
-        if isinstance(prior, Prior):
-            d = prior.distribution()
-            z = d.rsample((P, M)) if d.has_rsample else d.sample((P, M))
-            return z, d.log_prob(z)
-        if prior is not None:
-            # a hand-written prior program exposed as model.prior: sample it inside its own plate
-            with poutine.block(), pyro.plate("_prior_samples", P * M):
-                tr = poutine.trace(prior).get_trace()
-        else:
-            # no prior program exposed: run the whole model and read the latent site's prior draws
-            with poutine.block():
-                tr = poutine.trace(poutine.uncondition(model)).get_trace(*args, **kwargs)
-        if site_name not in tr.nodes:
-            raise ValueError(f"the prior program did not sample latent site {site_name!r}.")
-        site = tr.nodes[site_name]
-        z, lp = site["value"], site["fn"].log_prob(site["value"])
-        D = z.shape[-1]
-        z = z.reshape(-1, D)
-        lp = lp.reshape(-1)
-        if z.shape[0] != P * M:
-            z, lp = z.unsqueeze(0).expand(P, -1, -1), lp.unsqueeze(0).expand(P, -1)
-            return z, lp
-        return z.reshape(P, M, D), lp.reshape(P, M)
-
-    # ------------------------------------------------------------------ Theorem 1 terms
-    def _theorem1_terms(self, model, model_trace, guide_trace, beta, P, entropy) -> dict[str, torch.Tensor]:
+    # ------------------------------------------------------------------ Theorem 1 diagnostics
+    def _theorem1_terms(self, model, model_trace, guide_trace, beta: float) -> dict[str, torch.Tensor]:
         """annealed_kl = Σ KL(q ‖ f_β), entropy = Σ H[q], log_F_beta = Σ log F_β (sums over the data plate)."""
         annealed_kl = 0.0
         log_F = 0.0
+        entropy, _ = _guide_entropy(model_trace, guide_trace)
         for name, site in model_trace.nodes.items():
-            if (
-                site["type"] != "sample"
-                or site["is_observed"]
-                or site_is_subsample(site)
-                or name not in guide_trace.nodes
-            ):
+            if site["type"] != "sample" or site["is_observed"] or name not in guide_trace.nodes:
                 continue
             gsite = guide_trace.nodes[name]
             normal = _unwrap_normal(site["fn"])
@@ -432,7 +498,7 @@ class DecompositionELBO(ELBO):
                     torch.as_tensor(lf).expand(gsite["fn"].batch_shape), gsite["scale"], gsite["mask"]
                 ).sum()
             )
-        return {"annealed_kl": annealed_kl / P, "entropy": entropy / P, "log_F_beta": log_F / P}
+        return {"annealed_kl": annealed_kl, "entropy": entropy, "log_F_beta": log_F}
 
     def _log_F_importance(self, fn, beta: float) -> torch.Tensor:
         """Importance-sampling :math:`\\log F_\\beta = \\log \\mathbb E_p[p(z)^{\\beta-1}]`, per batch element.
@@ -444,58 +510,75 @@ class DecompositionELBO(ELBO):
             return torch.logsumexp((beta - 1.0) * fn.log_prob(z), 0) - math.log(S)
 
     # ------------------------------------------------------------------ ELBO API
-    def _terms(self, model, guide, args, kwargs, *, extras=False) -> dict[str, torch.Tensor]:
+    def _terms(self, model, guide, args, kwargs, *, extras=False) -> tuple[dict[str, torch.Tensor], Any]:
+        """Every term averaged over particles, and the last trace pair's divergence batch."""
         w = self.current_weights()
         beta, alpha = w["beta"], w["alpha"]
-        total: dict[str, torch.Tensor] = {}
-        n_traces = 0
-        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
-            n_traces += 1
-            terms = self._particle_terms(model, args, kwargs, model_trace, guide_trace, beta, alpha, extras=extras)
+        enumerated = self._uses_enumeration(model, guide, args, kwargs)
+        if enumerated:
+            traces = self._enum_elbo._get_traces(model, guide, args, kwargs)
+            particle_loss = self._enumerated_loss_particle
+        else:
+            traces = self._get_traces(model, guide, args, kwargs)
+            particle_loss = self._differentiable_loss_particle
+        particles = self.num_particles if self.vectorize_particles else 1
+        total: dict[str, Any] = {}
+        batch = None
+        for model_trace, guide_trace in traces:
+            batch = self._aggregate_batch(model, model_trace, guide_trace)
+            div_terms = {} if batch is None else self._divergence_terms(batch, alpha, particles)
+            terms = particle_loss(model_trace, guide_trace, beta, div_terms)
+            if extras:
+                if enumerated:
+                    nan = torch.tensor(math.nan)  # the annealed prior of a summed-out mixture is not implemented
+                    terms.update(annealed_kl=nan, entropy=nan, log_F_beta=nan)
+                else:
+                    terms.update(self._theorem1_terms(model, model_trace, guide_trace, beta))
             for k, v in terms.items():
                 total[k] = total[k] + v if k in total else v
-        if n_traces > 1:
-            total = {k: v / n_traces for k, v in total.items()}
-        return total
+        if self.num_particles > 1:
+            total = {k: v / self.num_particles for k, v in total.items()}
+        total = {k: torch.as_tensor(v) for k, v in total.items()}
+        if "loss" not in total:  # a guide that enumerates nothing sequentially yields no trace only if empty
+            total["loss"] = torch.tensor(0.0)
+        return total, batch
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """The loss as a differentiable tensor (no gradient step, no state change)."""
-        return self._terms(model, guide, args, kwargs)["loss"]
+        return self._terms(model, guide, args, kwargs)[0]["loss"]
 
     def loss(self, model, guide, *args, **kwargs) -> float:
-        """The loss as a float, without gradients."""
+        """The loss as a float, without gradients (no state change)."""
         with torch.no_grad():
-            return torch_item(self._terms(model, guide, args, kwargs)["loss"])
+            return torch_item(self._terms(model, guide, args, kwargs)[0]["loss"])
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         """Loss and gradients for one SVI step. Advances the schedules' step counter and lets a
         divergence with its own parameters (FactorVAE's discriminator) take its update."""
-        terms = self._terms(model, guide, args, kwargs)
+        terms, batch = self._terms(model, guide, args, kwargs)
         loss = terms["loss"]
         if loss.requires_grad:
             loss.backward(retain_graph=self.retain_graph)
-        else:
-            warnings.warn("DecompositionELBO: the loss does not depend on any parameter.", stacklevel=2)
-        if self.divergence is not None and getattr(self, "_last_batch", None) is not None:
-            aux = self.divergence.update(self._last_batch)
-            for k, v in aux.items():
+        if batch is not None:
+            for k, v in self.divergence.update(batch).items():
                 terms[f"divergence/{k}"] = torch.as_tensor(v)
-            self._last_batch = None
         self.last_terms = {k: v.detach() for k, v in terms.items()}
         self.step += 1
         return torch_item(loss)
 
     def loss_terms(self, model, guide, *args, **kwargs) -> dict[str, float]:
-        """Every term of the objective as floats, at the current step's β and α.
+        """Every term of the objective as floats, at the current step's β and α (no state change).
 
         Keys (sums over the data plate, scaled like the loss, unless stated):
 
-        * ``reconstruction``: :math:`-\\mathbb E_q[\\log p(x \\mid z)]`;
-        * ``kl``: :math:`\\mathrm{KL}(q(z \\mid x) \\| p(z))`, unweighted;
+        * ``reconstruction``: :math:`-\\mathbb E_q[\\log p(x \\mid z)]`, including the model's log density
+          of latent sites the guide does not sample (as Trace_ELBO counts them);
+        * ``kl``: :math:`\\mathrm{KL}(q(z \\mid x) \\| p(z))`, unweighted, including the guide's auxiliary sites;
         * ``divergence``: the estimate :math:`\\hat D(q(z), p(z))` itself (not summed), and
           ``weighted_divergence`` :math:`= n\\,\\alpha\\,\\hat D` (0 without a divergence);
         * ``annealed_kl``: :math:`\\mathrm{KL}(q \\| f_\\beta)`; ``entropy``: :math:`H[q(z \\mid x)]`;
-          ``log_F_beta``: :math:`\\log F_\\beta` (both ``nan`` when β = 0, where :math:`f_0` is improper);
+          ``log_F_beta``: :math:`\\log F_\\beta` (both ``nan`` when β = 0, where :math:`f_0` is improper,
+          and all three ``nan`` for models with enumerated sites);
         * ``beta``, ``alpha``; ``loss``.
 
         The terms add up: for ``objective="beta"``,
@@ -506,9 +589,84 @@ class DecompositionELBO(ELBO):
         ``loss = reconstruction + kl - (beta - 1) * entropy_regulariser + weighted_divergence``.
         """
         with torch.no_grad():
-            terms = self._terms(model, guide, args, kwargs, extras=True)
+            terms, _ = self._terms(model, guide, args, kwargs, extras=True)
         out = {k: torch_item(v) for k, v in terms.items()}
         out.setdefault("divergence", 0.0)
         out.setdefault("weighted_divergence", 0.0)
         out.update(self.current_weights())
         return out
+
+
+# ---------------------------------------------------------------------- per-site helpers
+def _num_data(gsite) -> float:
+    """Scaled number of datapoints in the latent site's plate: B × subsample scale."""
+    batch = gsite["fn"].batch_shape
+    count = batch[-1] if len(batch) else 1
+    return float(torch_item(gsite["scale"])) * count
+
+
+def _analytic_kl(gsite, msite) -> torch.Tensor | None:
+    """Closed-form KL(q ‖ p) of one site, scaled and masked, batch-shaped; ``None`` when torch has none."""
+    try:
+        kl = kl_divergence(gsite["fn"], msite["fn"])
+    except NotImplementedError:
+        return None
+    kl = scale_and_mask(kl, gsite["scale"], gsite["mask"])
+    if not torch.is_tensor(kl):  # a fully masked site: kl_divergence returns the number 0
+        kl = torch.full(gsite["fn"].batch_shape, float(kl))
+    return kl
+
+
+def _entropy_surrogate(gsite):
+    """The guide term whose gradient is the pathwise part of ∇E_q[log q] (Pyro's ``entropy_term``): log q itself
+    for a reparameterised site, 0 otherwise (the score-function term then carries the gradient)."""
+    log_q, score, entropy_term = gsite["score_parts"]
+    if entropy_term is log_q:
+        return gsite["log_prob_sum"]  # same tensor: reuse Pyro's sum
+    return entropy_term.sum() if torch.is_tensor(entropy_term) else entropy_term
+
+
+def _add_guide_term(kl, kl_surrogate, gsite, other):
+    """``kl_surrogate`` after adding the guide site's surrogate term plus ``other``: still ``None`` (= equal to
+    ``kl``) while every site's surrogate is its value ``log_prob_sum``, else the separate sum."""
+    surrogate = _entropy_surrogate(gsite)
+    if kl_surrogate is None:
+        if surrogate is gsite["log_prob_sum"]:
+            return None
+        kl_surrogate = kl  # the sum so far, where surrogate and value agreed
+    return kl_surrogate + surrogate + other
+
+
+def _guide_entropy(model_trace, guide_trace) -> tuple[Any, Any]:
+    """(Σ H[q], Σ D/2 (1 + log 2π)) over the guide sites the model shares, scaled and masked."""
+    entropy = 0.0
+    const = 0.0
+    for name, gsite in guide_trace.nodes.items():
+        if gsite["type"] != "sample" or name not in model_trace.nodes:
+            continue
+        h = _site_entropy(gsite["fn"], gsite["value"])
+        entropy = entropy + scale_and_mask(h, gsite["scale"], gsite["mask"]).sum()
+        d = gsite["fn"].event_shape.numel()
+        c = torch.full_like(h, 0.5 * d * (1 + math.log(2 * math.pi)))
+        const = const + scale_and_mask(c, gsite["scale"], gsite["mask"]).sum()
+    return entropy, const
+
+
+def _weighted_loss(terms: dict, beta: float, objective: str):
+    """Eq. 7 (``beta``) or Eq. 5 (``entropy``) from the terms."""
+    if objective == "beta":
+        loss = terms["reconstruction"] + (terms["kl"] if beta == 1 else beta * terms["kl"])
+    else:
+        # Eq. 5: L + (β-1)/2 log|S| = L + (β-1)(H - D/2 (1 + log 2π)) for Gaussian guides
+        loss = terms["reconstruction"] + terms["kl"] - (beta - 1.0) * terms["entropy_regulariser"]
+    if "weighted_divergence" in terms:
+        loss = loss + terms["weighted_divergence"]
+    return loss
+
+
+def _with_gradient_of(value, surrogate) -> torch.Tensor:
+    """``value`` in the forward pass, ∇surrogate in the backward pass."""
+    value = torch.as_tensor(value).detach()
+    if not torch.is_tensor(surrogate) or not surrogate.requires_grad:
+        return value
+    return value + (surrogate - surrogate.detach())

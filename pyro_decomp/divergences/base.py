@@ -15,9 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from pyro.distributions import Delta as _Delta
 from torch.distributions import Distribution
 
-__all__ = ["AggregateBatch", "Divergence", "pairwise_log_prob"]
+__all__ = ["AggregateBatch", "Divergence", "build_aggregate_batch", "pairwise_log_prob"]
 
 
 @dataclass
@@ -28,9 +29,12 @@ class AggregateBatch:
     :ivar z_q: samples :math:`z_b \\sim q(z \\mid x_b)`, ``[P, B, D]``.
     :ivar z_p: prior samples :math:`z_j \\sim p(z)`, ``[P, M, D]`` (``None`` if not requested).
     :ivar log_p_zp: :math:`\\log p(z_j)`, ``[P, M]`` (``None`` if not requested).
-    :ivar prior_log_prob: callable ``z[..., D] -> [...]`` giving :math:`\\log p(z)`, or ``None`` when the
-        prior's marginal density is not available (hand-written programs with several sites).
-    :ivar log_p_zq: :math:`\\log p(z_b)` at the guide samples, ``[P, B]`` (when ``needs_prior_log_prob``).
+    :ivar prior_log_prob: callable ``z[..., D] -> [...]`` giving the marginal :math:`\\log p(z)`, or ``None``
+        when it is only known at the batch's own points (a model that exposes no prior program).
+    :ivar log_p_zq: marginal :math:`\\log p(z_b)` at the guide samples, ``[P, B]`` (when ``needs_prior_log_prob``).
+
+    Every prior density here is the *marginal* of the site, never :math:`p(z \\mid \\text{parents})`
+    (:func:`build_aggregate_batch`, :mod:`pyro_decomp.models.marginal`).
     :ivar dataset_size: :math:`N`, the size of the dataset the batch was drawn from (``None`` = ``B``).
     """
 
@@ -105,3 +109,43 @@ class Divergence:
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({fields})"
+
+
+def build_aggregate_batch(divergence: Divergence, guide_site: dict, prior_density, *, dataset_size: float) -> AggregateBatch:
+    """The :class:`AggregateBatch` of one (possibly vectorised) guide trace for ``divergence``.
+
+    :param guide_site: the guide trace's site of the latent the divergence acts on: ``fn`` is
+        :math:`q(z \\mid x_b)` with ``batch_shape`` ``[B]`` or ``[P, B]`` and ``event_shape`` ``[D]``.
+    :param prior_density: the site's marginal prior (:mod:`pyro_decomp.models.marginal`): it gives
+        ``sample_with_log_prob((P, M))``, ``log_prob_at(z_q)`` and ``log_prob`` (or ``None``).
+    :param dataset_size: :math:`N`, the scaled size of the data plate.
+    """
+    name = guide_site["name"]
+    fn, z_q = guide_site["fn"], guide_site["value"]
+    if isinstance(fn, _Delta):
+        raise ValueError(
+            f"the divergence needs the density q(z|x) of latent site {name!r}, but the guide samples it from a "
+            "Delta (Pyro's autoguides sample auxiliary latents and place each site with a point mass). Write "
+            "the guide's site as a distribution with a density, e.g. dist.Normal(loc, scale).to_event(1)."
+        )
+    if len(fn.batch_shape) == 1:
+        fn = fn.expand(torch.Size([1]) + fn.batch_shape)
+        z_q = z_q.unsqueeze(0)
+    if len(fn.batch_shape) != 2:
+        raise ValueError(
+            f"the divergence needs latent site {name!r} inside exactly one data plate "
+            f"(batch_shape [particles, batch]); got batch_shape {tuple(fn.batch_shape)}."
+        )
+    if len(fn.event_shape) != 1:
+        raise ValueError(
+            f"the divergence needs a vector latent (event_shape [D]); site {name!r} has "
+            f"event_shape {tuple(fn.event_shape)}. Use .to_event(1) on a flat latent."
+        )
+    batch = AggregateBatch(guide_dist=fn, z_q=z_q, dataset_size=int(round(dataset_size)))
+    batch.prior_log_prob = prior_density.log_prob
+    if divergence.needs_prior_log_prob:
+        batch.log_p_zq = prior_density.log_prob_at(z_q)
+    if divergence.needs_prior_samples:
+        P, B = z_q.shape[:2]
+        batch.z_p, batch.log_p_zp = prior_density.sample_with_log_prob((P, divergence.num_prior_samples or B))
+    return batch

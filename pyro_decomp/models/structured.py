@@ -13,7 +13,10 @@ built-in priors: a prior is any program that samples the latent site(s) inside t
 Marginally :math:`z` is a scale mixture of Gaussians: heavier-tailed than a Gaussian, with all
 dimensions of one code sharing the scale (so they are dependent but uncorrelated). The guide must
 then infer ``"z_log_scale"`` too; :class:`HierarchicalScaleGuide` does so from the same encoder
-features.
+features. The program has no closed-form marginal, so the divergences get
+:math:`\\log p(z) = \\log \\int p(z \\mid s)\\,p(s)\\,ds` by importance sampling over the scale
+(:class:`~pyro_decomp.models.marginal.ProgramMarginal`, ``DecompositionELBO(marginal_samples=K)``),
+never the conditional :math:`\\log p(z \\mid s)`.
 """
 
 from __future__ import annotations

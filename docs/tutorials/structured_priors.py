@@ -179,7 +179,11 @@ def analyse(model, guide, x: torch.Tensor, *, nuts_points: int, nuts_samples: in
     nuts = sample_posterior_nuts(
         pair, x_few, num_samples=nuts_samples, warmup_steps=nuts_samples, num_chains=2, random_seed=seed
     )
-    diagnostics = nuts_diagnostics(nuts)  # R-hat, bulk ESS, divergences: check these before trusting NUTS
+    # R-hat, bulk ESS, divergences: check these before trusting NUTS. An R-hat well above 1.01 means the
+    # chains disagree; with the cluster prior a datapoint between two clusters has a multimodal posterior
+    # and each chain may sit in a different mode (at 1500 steps one run gave R-hat 1.8): run more and
+    # longer chains, and look at az.summary per datapoint before reading the W2 distance below
+    diagnostics = nuts_diagnostics(nuts)
     # (c) how far the encoder is from the best per-datapoint Gaussian (amortisation gap) and from the true
     #     posterior (W2 to the NUTS draws, credible-interval coverage); read report["warnings"] too
     report = amortisation_report(pair, x_few, nuts=nuts, num_samples=500, local_steps=100, random_seed=seed)

@@ -11,14 +11,29 @@ For each datapoint the report holds (Cremer, Li & Duvenaud 2018, "Inference subo
 * :math:`\\mathcal L_{\\text{amortised}} = \\mathbb E_{q_\\phi(z|x)}[\\log p(x,z) - \\log q_\\phi(z|x)]`, Monte Carlo
   with ``num_samples`` draws;
 * :math:`\\mathcal L_{\\text{local}}`: the same bound for a diagonal Gaussian :math:`\\mathcal N(m_i, \\mathrm{diag}\\,s_i^2)`
-  whose parameters are optimised *for this datapoint alone* by Adam (all datapoints at once, vectorised),
+  over *all* the model's latent sites of datapoint :math:`i` (concatenated, e.g. ``(log_scale, z)`` for
+  a hierarchical prior; enumerated discrete sites are summed out), optimised *for this datapoint alone*
+  by Adam (all datapoints at once, vectorised),
   warm-started from the encoder, with the "sticking the landing" gradient (Roeder et al. 2017: the
   score term of :math:`\\log q` is dropped, so the gradient is exactly zero once :math:`q` equals the
   posterior) and evaluated afterwards on ``num_samples`` fresh draws;
-* :math:`\\log p(x)`: the IWAE estimate :math:`\\log \\frac1K \\sum_k p(x,z_k)/q(z_k|x)` with ``num_samples``
-  draws from the encoder (``log_px_iwae``) and from the local Gaussian (``log_px_iwae_local``); both are
-  stochastic lower bounds of :math:`\\log p(x)`, so ``log_px`` is the larger of the two (a poor encoder
-  is a poor proposal and its IWAE alone would make the approximation gap negative);
+* :math:`\\log p(x)`: the IWAE estimates :math:`\\log \\frac1K \\sum_k p(x,z_k)/q(z_k|x)` with ``num_samples``
+  draws from the encoder (``log_px_iwae``) and from the local Gaussian (``log_px_iwae_local``) are both
+  reported, and ``log_px`` is one estimator that uses both sample sets: multiple importance sampling
+  with the balance heuristic (Veach & Guibas 1995),
+
+  .. math::
+
+      \\hat p(x) = \\frac{1}{2K} \\sum_{z \\in \\{z^{q}_k\\} \\cup \\{z^{\\text{local}}_k\\}}
+      \\frac{p(x, z)}{\\tfrac12 q_\\phi(z|x) + \\tfrac12 q_{\\text{local}}(z)},
+
+  unbiased for :math:`p(x)` (so :math:`\\log \\hat p` is a stochastic lower bound, like IWAE) and never
+  much worse than the better of the two proposals, since each weight is at most twice that proposal's
+  own. Taking the larger of two estimates instead would bias :math:`\\log p(x)` upwards;
+* nothing is clamped: a local optimisation that ends *below* the encoder's ELBO (too few steps, too
+  large a learning rate) shows as a negative ``amortisation_gap``, and when it is below by more than
+  two standard errors of the paired difference (``amortisation_gap_se``, from the common random numbers)
+  the datapoint gets ``"local_worse_than_encoder": true`` and the report a line in ``"warnings"``;
 * PSIS :math:`\\hat k` of the same importance weights (:func:`arviz.psislw`; below 0.5 the weights are
   reliable, above 0.7 the encoder is a poor proposal for the posterior);
 * with NUTS draws of :math:`p(z \\mid x)` (:func:`~pyro_decomp.analysis.arviz.sample_posterior_nuts`):
@@ -51,12 +66,14 @@ import torch
 from .arviz import (
     ModelTarget,
     _check_x,
+    _guide_log_q,
     _max_plate_nesting,
     _obs_index,
     _positive_int,
     _seeded,
     az,
     frozen_parameters,
+    latent_sites,
     log_joint,
     nuts_diagnostics,
     resolve_target,
@@ -99,7 +116,8 @@ def fit_local_gaussians(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-datapoint diagonal Gaussians maximising each datapoint's ELBO, the decoder frozen.
 
-    ``loc, scale: [n, D]`` are the warm start (usually the encoder's output); returns the optimised
+    ``loc, scale: [n, D_total]`` are the warm start over all latent sites flattened (see
+    :func:`~pyro_decomp.analysis.arviz.latent_sites`; usually the encoder's output); returns the optimised
     ``(loc, scale)``. The objective is :math:`\\sum_i \\mathbb E_{q_i}[\\log p(x_i, z) - \\log q_i(z)]`
     - a sum of independent terms, so one Adam run optimises every datapoint's parameters separately.
     Gradients use the "sticking the landing" estimator (Roeder et al. 2017).
@@ -194,12 +212,15 @@ def amortisation_report(
     See the module docstring for the estimators. Returns a JSON-ready dict::
 
         {"datapoints": [{"obs", "amortised_elbo", "local_elbo", "log_px", "log_px_iwae",
-                         "log_px_iwae_local", "approximation_gap",
-                         "amortisation_gap", "inference_gap", "psis_khat",
+                         "log_px_iwae_local", "approximation_gap", "amortisation_gap",
+                         "amortisation_gap_se", "inference_gap", "psis_khat", "local_worse_than_encoder",
                          # with nuts=
                          "w2_encoder_nuts", "w2_local_nuts", "coverage": {"0.5": .., "0.9": ..}}, ...],
-         "mean": {same keys averaged over datapoints}, "nuts": {"max_r_hat", "min_ess_bulk", "divergences"},
-         "settings": {...}}
+         "mean": {the numeric keys averaged over datapoints}, "warnings": [str, ...],
+         "nuts": {"max_r_hat", "min_ess_bulk", "divergences"}, "settings": {...}}
+
+    Every number is what was measured: the gaps are plain differences (no clamping), and ``warnings``
+    says when the local optimisation ended significantly below the encoder.
 
     >>> import torch
     >>> from pyro_decomp.models import VAE, IsotropicGaussianPrior, GaussianLikelihood
@@ -218,25 +239,34 @@ def amortisation_report(
         raise ValueError(f"credible_levels must lie in (0, 1), got {list(credible_levels)!r}.")
     n = x.shape[0]
     index = _obs_index(obs_index, n)
+    sites = latent_sites(target, x)
     nuts_z = None
     if nuts is not None:
-        if not isinstance(nuts, az.InferenceData) or target.latent_site not in getattr(nuts, "posterior", {}):
+        posterior = getattr(nuts, "posterior", {}) if isinstance(nuts, az.InferenceData) else {}
+        missing = [name for name in sites if name not in posterior]
+        if missing:
             raise TypeError(
-                f"nuts must be the InferenceData from sample_posterior_nuts with posterior variable "
-                f"{target.latent_site!r}."
+                f"nuts must be the InferenceData from sample_posterior_nuts with posterior variables "
+                f"{list(sites)}; missing {missing}."
             )
         post = nuts.posterior[target.latent_site]
         if post.sizes.get("obs") != n:
             raise ValueError(f"nuts holds {post.sizes.get('obs')} datapoints but x holds {n}; run NUTS on the same x.")
-        # [obs, chain*draw, latent]
-        nuts_z = post.stack(sample=("chain", "draw")).transpose("obs", "sample", "latent").values
+        # every latent site, flattened in site order: [obs, chain*draw, D_total]
+        parts = []
+        for name in sites:
+            var = nuts.posterior[name].stack(sample=("chain", "draw"))
+            values = var.transpose("obs", "sample", ...).values
+            parts.append(values.reshape(values.shape[0], values.shape[1], -1))
+        nuts_z = np.concatenate(parts, -1)
 
     with _seeded(random_seed, x.device), frozen_parameters(target):
         nesting = _max_plate_nesting(target.model, x)
         # amortised ELBO and IWAE from the same encoder draws. With a Gaussian encoder the draws are
         # loc + scale * eps, and the local Gaussian is evaluated on the same eps (common random numbers),
         # so the amortisation gap carries no Monte Carlo noise from two independent sample sets.
-        if target.encoder is not None:
+        use_encoder = target.encoder is not None and list(sites) == [target.latent_site]
+        if use_encoder:
             with torch.no_grad():
                 loc0, scale0 = target.encoder(x)
                 loc0, scale0 = loc0.reshape(n, -1), scale0.reshape(n, -1)
@@ -258,18 +288,25 @@ def amortisation_report(
         )
         with torch.no_grad():
             z_loc = loc + scale * eps
-            log_q_local = dist.Normal(loc, scale).log_prob(z_loc).sum(-1)
-            log_w_local = _log_joint_chunked(target, x, z_loc, nesting, chunk_size) - log_q_local
-            if target.encoder is not None:
-                # the encoder's own Gaussian is a candidate local solution: keep it where Adam's noisy
-                # steps ended lower (e.g. an exact encoder, where the optimum is the warm start)
-                keep = log_w_local.mean(0) < amortised
-                log_w_local = torch.where(keep, log_w, log_w_local)
-                z_loc = torch.where(keep[:, None], z_q, z_loc)
+            local_q = dist.Normal(loc, scale)
+            log_q_local = local_q.log_prob(z_loc).sum(-1)
+            log_joint_local = _log_joint_chunked(target, x, z_loc, nesting, chunk_size)
+            log_w_local = log_joint_local - log_q_local
             local = log_w_local.mean(0)
             iwae_local = torch.logsumexp(log_w_local, 0) - math.log(num_samples)
-        # both IWAE estimates are stochastic lower bounds of log p(x); the tighter one is the estimate
-        log_px = torch.maximum(iwae, iwae_local)
+            # the amortisation gap's standard error: draws are paired through the shared eps
+            gap_se = (log_w_local - log_w).std(0) / math.sqrt(num_samples)
+            # log p(x) by multiple importance sampling over both sample sets (balance heuristic): each
+            # draw is weighted against the equal mixture of the two proposals
+            if use_encoder:
+                log_q_enc_at_local = dist.Normal(loc0, scale0).log_prob(z_loc).sum(-1)
+            else:
+                log_q_enc_at_local = _guide_log_q(target, x, z_loc)[1]
+            log_mix_at_q = torch.logaddexp(log_q, local_q.log_prob(z_q).sum(-1)) - math.log(2.0)
+            log_mix_at_local = torch.logaddexp(log_q_enc_at_local, log_q_local) - math.log(2.0)
+            log_w_mix = torch.cat([log_w + log_q - log_mix_at_q, log_joint_local - log_mix_at_local])
+            log_px = torch.logsumexp(log_w_mix, 0) - math.log(2 * num_samples)
+        local_worse = (local - amortised) < -2.0 * gap_se
 
     khat = _psis_khat(log_w.T.cpu().double().numpy())
     z_q_np = z_q.transpose(0, 1).cpu().double().numpy()  # [n, S, D]
@@ -285,8 +322,10 @@ def amortisation_report(
             "log_px_iwae_local": float(iwae_local[i]),
             "approximation_gap": float(log_px[i] - local[i]),
             "amortisation_gap": float(local[i] - amortised[i]),
+            "amortisation_gap_se": float(gap_se[i]),
             "inference_gap": float(log_px[i] - amortised[i]),
             "psis_khat": _json_float(khat[i]),
+            "local_worse_than_encoder": bool(local_worse[i]),
         }
         if nuts_z is not None:
             target_fit = _fit(nuts_z[i])
@@ -300,7 +339,7 @@ def amortisation_report(
             row["coverage"] = coverage
         rows.append(row)
 
-    scalar_keys = [k for k, v in rows[0].items() if k != "obs" and isinstance(v, float)]
+    scalar_keys = [k for k, v in rows[0].items() if k != "obs" and isinstance(v, float) and not isinstance(v, bool)]
     mean = {k: float(np.mean([r[k] for r in rows])) for k in scalar_keys}
     mean["psis_khat"] = _json_float(np.mean(khat)) if np.isfinite(khat).all() else _json_float(np.max(khat))
     mean["psis_khat_max"] = _json_float(np.max(khat))
@@ -309,19 +348,28 @@ def amortisation_report(
     report: dict[str, Any] = {
         "datapoints": rows,
         "mean": mean,
+        "warnings": [],
         "settings": {
             "num_samples": num_samples,
             "local_steps": int(local_steps),
             "local_lr": float(local_lr),
             "local_particles": int(local_particles),
             "credible_levels": levels,
-            "log_px": "max of the IWAE estimates with num_samples draws from the encoder and from the local Gaussian",
+            "log_px": "multiple importance sampling (balance heuristic) over the num_samples encoder draws and "
+            "the num_samples local-Gaussian draws; log_px_iwae and log_px_iwae_local are each proposal's IWAE",
             "distance": "2-Wasserstein between Gaussians fitted (mean, full covariance) to the draws",
             "psis": "arviz.psislw of log p(x,z) - log q(z|x), reff=1; -inf means constant weights",
         },
     }
+    worse = [r for r in rows if r["local_worse_than_encoder"]]
+    if worse:
+        report["warnings"].append(
+            f"local optimisation ended below the encoder's ELBO (by more than 2 standard errors) for "
+            f"{len(worse)} of {n} datapoints (obs {[r['obs'] for r in worse]}); their amortisation gaps are "
+            "negative and the approximation gaps overstated. Raise local_steps or lower local_lr."
+        )
     if nuts is not None:
-        diag = nuts_diagnostics(nuts, var_name=target.latent_site)
+        diag = nuts_diagnostics(nuts)
         report["nuts"] = {k: diag[k] for k in ("max_r_hat", "min_ess_bulk", "divergences")}
     return report
 
@@ -454,20 +502,14 @@ def analyse_run(
 ) -> dict[str, Path]:
     """:func:`analyse` for a trainer run directory; outputs go to ``out_dir`` (default: ``run_dir``).
 
-    ``load(run_dir) -> (vae, x)`` rebuilds the trained model and the data to analyse. The default uses
-    ``pyro_decomp.train.load_run`` when the trainer provides it. ``kwargs`` go to :func:`analyse`.
-    This is the body of ``pyro-decomp analyse <run-dir> [--nuts N]``.
+    ``load(run_dir) -> (vae, x)`` rebuilds the trained model and the data to analyse. The default is
+    :func:`pyro_decomp.runner.load_run`: the run's config and latest checkpoint, and its test split.
+    ``kwargs`` go to :func:`analyse`. This is the body of ``pyro-decomp analyse <run-dir> [--nuts N]``.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {str(run_dir)!r} does not exist; train a run first.")
     if load is None:
-        try:
-            from ..train import load_run as load  # type: ignore[attr-defined]
-        except ImportError:
-            raise NotImplementedError(
-                "this version has no pyro_decomp.train.load_run to rebuild a run; pass "
-                "load=callable(run_dir) -> (vae, x), or call analyse(vae, x, out_dir) directly."
-            ) from None
+        from ..runner import load_run as load  # the runner imports the analysis; import it lazily
     vae, x = load(run_dir)
     return analyse(vae, x, run_dir if out_dir is None else out_dir, nuts=nuts_datapoints, **kwargs)

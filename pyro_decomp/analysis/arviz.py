@@ -21,6 +21,15 @@ random variables, which is what ``constant_data`` is for.
 A model is given either as our :class:`~pyro_decomp.models.vae.VAE` or as a ``(model, guide)`` pair of
 Pyro programs ``model(x)`` / ``guide(x)`` that open their data plate over axis 0 of ``x`` and annotate
 every batch dimension with a plate (so the programs vectorise over an outer particle plate).
+
+**Every latent site** of the prior program is analysed, not just the code ``z``: a hierarchical prior
+such as :func:`~pyro_decomp.models.structured.hierarchical_scale_prior` (sites ``z_log_scale`` and
+``z`` per datapoint) gets all its sites in the posterior, the prior and the NUTS draws. The primary
+site (``latent_site``, default ``"z"``) is on dims ``(obs, latent)``; any other site ``s`` on ``(obs,)``
+or ``(obs, s_dim_0, ...)``. Every latent site must lie inside the data plate (one value per
+datapoint) and have real support, and the guide must sample each of them. Internally a datapoint's
+latent sites are concatenated, in the model's order, into one flat vector (``sample_guide``,
+``log_joint``, the local Gaussians of the amortisation report).
 """
 
 from __future__ import annotations
@@ -48,7 +57,9 @@ with warnings.catch_warnings():
 
 __all__ = [
     "ModelTarget",
+    "flatten_sites",
     "frozen_parameters",
+    "latent_sites",
     "load_inference_data",
     "log_joint",
     "nuts_diagnostics",
@@ -57,6 +68,7 @@ __all__ = [
     "sample_posterior_nuts",
     "save_inference_data",
     "to_inference_data",
+    "unflatten_sites",
 ]
 
 # Predictive's default plate name would clash with nothing of ours, but our own particle plate is
@@ -75,6 +87,90 @@ class ModelTarget:
     prior: Any = None
     modules: list[torch.nn.Module] = field(default_factory=list)
     encoder: Callable | None = None  # x -> (loc, scale) when the guide is a diagonal Gaussian encoder
+    # every latent site of the model -> its shape per datapoint, in the model's order (from latent_sites)
+    sites: dict[str, tuple[int, ...]] | None = None
+    # discrete sites the model enumerates (infer={"enumerate": "parallel"}): summed out, never sampled
+    enumerated: tuple[str, ...] = ()
+
+
+def latent_sites(target: ModelTarget, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    """The model's latent sites and their shapes per datapoint, ``{name: event shape}``, in program order.
+
+    Discrete sites marked ``infer={"enumerate": "parallel"}`` are not latent sites here: they are summed
+    out of every density (see :func:`log_joint`), as :class:`~pyro.infer.TraceEnum_ELBO` does in training.
+    Raises ``ValueError`` for a latent site outside the data plate, one without real support, a missing
+    ``latent_site``, or a latent site the guide does not sample.
+    """
+    if target.sites is not None:
+        return target.sites
+    n = x.shape[0]
+    with torch.no_grad(), poutine.block():
+        trace = poutine.trace(target.model).get_trace(x)
+        guide_trace = poutine.trace(target.guide).get_trace(x)
+    sites: dict[str, tuple[int, ...]] = {}
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
+            continue
+        if site.get("infer", {}).get("_do_not_score"):
+            continue
+        if site.get("infer", {}).get("enumerate") == "parallel":
+            # summed out exactly wherever the model's density is needed
+            target.enumerated = target.enumerated + (name,)
+            continue
+        value = site["value"]
+        if value.dim() == 0 or value.shape[0] != n:
+            raise ValueError(
+                f"latent site {name!r} has shape {tuple(value.shape)}; the analysis needs one value per "
+                f"datapoint ({n}). Put every latent site inside the data plate."
+            )
+        support = site["fn"].support
+        if not _is_real(support):
+            raise ValueError(
+                f"latent site {name!r} has support {support}; the analysis needs real-valued latent sites. "
+                "Sample an unconstrained value (e.g. a log-scale) and transform it deterministically."
+            )
+        if name not in guide_trace.nodes:
+            raise ValueError(f"the guide does not sample the model's latent site {name!r}; it must sample all of them.")
+        sites[name] = tuple(value.shape[1:])
+    if target.latent_site not in sites:
+        raise ValueError(
+            f"the model has no latent site {target.latent_site!r} (its latent sites: {sorted(sites)}); "
+            "pass latent_site= naming one of them."
+        )
+    target.sites = sites
+    return sites
+
+
+def _is_real(support: Any) -> bool:
+    """Whether ``support`` is the real line (possibly per event, or a mixture's support thereof)."""
+    while hasattr(support, "base_constraint"):  # independent(...), MixtureSameFamilyConstraint(...)
+        support = support.base_constraint
+    return support is torch.distributions.constraints.real
+
+
+def _site_size(shape: tuple[int, ...]) -> int:
+    return int(np.prod(shape)) if shape else 1
+
+
+def flatten_sites(
+    values: Mapping[str, torch.Tensor], sites: Mapping[str, tuple[int, ...]], num: int, n: int
+) -> torch.Tensor:
+    """Concatenate per-site values ``{name: [num, n, *shape]}`` into ``[num, n, D_total]`` in site order."""
+    return torch.cat([values[name].reshape(num, n, _site_size(shape)) for name, shape in sites.items()], -1)
+
+
+def unflatten_sites(flat: torch.Tensor, sites: Mapping[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """Split ``[num, n, D_total]`` back into ``{name: [num, n, *shape]}`` (inverse of :func:`flatten_sites`)."""
+    out, start = {}, 0
+    for name, shape in sites.items():
+        size = _site_size(shape)
+        out[name] = flat[..., start : start + size].reshape(flat.shape[:-1] + shape)
+        start += size
+    if start != flat.shape[-1]:
+        raise ValueError(
+            f"z has {flat.shape[-1]} values per datapoint but the latent sites {dict(sites)} need {start}."
+        )
+    return out
 
 
 def resolve_target(
@@ -181,7 +277,11 @@ def frozen_parameters(target: ModelTarget) -> Iterator[None]:
             t.requires_grad_(False)
         for sub, _ in modes.values():
             sub.training = False
-        yield
+        with warnings.catch_warnings():
+            # a hand-written model's pyro.module(...) of a module we cannot see (not an attribute of the
+            # model or guide) warns that its frozen weights are not registered: freezing them is the point
+            warnings.filterwarnings("ignore", message=".*not registered in the param store because requires_grad=False")
+            yield
     finally:
         for k, t in tensors.items():
             t.requires_grad_(flags[k])
@@ -226,48 +326,81 @@ def _site_log_prob(site: dict, num: int, n: int) -> torch.Tensor:
 def log_joint(
     target: ModelTarget, x: torch.Tensor, z: torch.Tensor, *, nesting: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:math:`\\log p(z_i)` and :math:`\\log p_\\theta(x_i \\mid z_i)` for ``z: [S, n, D]``, each ``[S, n]``.
+    """:math:`\\log p(z_i)` and :math:`\\log p_\\theta(x_i \\mid z_i)`, each ``[S, n]``.
 
-    Differentiable in ``z``. Raises ``ValueError`` if the model has latent sites other than
-    ``target.latent_site`` (they would be drawn from their prior, not conditioned).
+    ``z: [S, n, D_total]`` holds every latent site of the model, flattened in site order (see
+    :func:`latent_sites`; with a single site this is just that site, ``[S, n, D]``). ``log p(z_i)`` sums
+    the log densities of all latent sites (e.g. :math:`\\log p(\\log s) + \\log p(z \\mid s)` for a
+    hierarchical prior). Differentiable in ``z``.
     """
     num, n = z.shape[0], x.shape[0]
+    sites = latent_sites(target, x)
     nesting = _max_plate_nesting(target.model, x) if nesting is None else nesting
-    trace = _vectorised_trace(target.model, x, num, nesting, {target.latent_site: z})
+    if target.enumerated:
+        return _log_joint_enumerated(target, x, z, sites, nesting)
+    trace = _vectorised_trace(target.model, x, num, nesting, unflatten_sites(z, sites))
     log_prior = z.new_zeros(num, n)
     log_lik = z.new_zeros(num, n)
     for name, site in trace.nodes.items():
         if site["type"] != "sample" or site_is_subsample(site) or site.get("infer", {}).get("_do_not_score"):
             continue
-        if name == target.latent_site:
+        if name in sites:
             log_prior = log_prior + _site_log_prob(site, num, n)
-        elif site["is_observed"] and name == target.obs_site:
-            log_lik = log_lik + _site_log_prob(site, num, n)
         elif not site["is_observed"]:
-            raise ValueError(
-                f"the model has a latent site {name!r} besides latent_site={target.latent_site!r}; "
-                "this analysis needs a single latent site. Pass latent_site= for the site to analyse."
-            )
+            raise ValueError(f"the model sampled a latent site {name!r} that its first run did not; it must be fixed.")
         else:
             log_lik = log_lik + _site_log_prob(site, num, n)
     return log_prior, log_lik
 
 
+def _log_joint_enumerated(target, x, z, sites, nesting) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`log_joint` for a model with enumerated discrete sites, which are summed out exactly:
+    :math:`\\log p(z) = \\log \\sum_c p(c)\\,p(z \\mid c)` and
+    :math:`\\log p(x \\mid z) = \\log p(x, z) - \\log p(z)`."""
+    num, n = z.shape[0], x.shape[0]
+    with pyro.plate(_PARTICLES, num, dim=-nesting - 1):
+        conditioned = poutine.condition(target.model, data=unflatten_sites(z, sites))
+        program = poutine.enum(conditioned, first_available_dim=-nesting - 2)
+        trace = poutine.trace(program).get_trace(x)
+    prior_terms, all_terms = [], []
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site) or site.get("infer", {}).get("_do_not_score"):
+            continue
+        lp = site["fn"].log_prob(site["value"])
+        all_terms.append(lp)
+        if name in sites or name in target.enumerated:
+            prior_terms.append(lp)
+
+    def contract(terms: list[torch.Tensor]) -> torch.Tensor:
+        # one datapoint's factors all share its enumeration dims (left of the particle dim): add, then sum out
+        total = sum(terms)
+        total = total.reshape(total.shape[: total.dim() - nesting - 1] + (num, -1))
+        if total.shape[-1] != n:
+            raise ValueError(
+                f"the model's log-density has shape {tuple(total.shape)}; the analysis needs one value per datapoint "
+                f"({n}). Put every site inside the data plate."
+            )
+        return total.reshape(-1, num, n).logsumexp(0)
+
+    log_prior = contract(prior_terms)
+    return log_prior, contract(all_terms) - log_prior
+
+
 def sample_guide(
     target: ModelTarget, x: torch.Tensor, num_samples: int, *, nesting: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``num_samples`` draws from :math:`q(z \\mid x)` and their :math:`\\log q`: ``z: [S, n, D]``, ``log_q: [S, n]``."""
+    """``num_samples`` draws from :math:`q(z \\mid x)` of all latent sites, flattened, and their :math:`\\log q`.
+
+    Returns ``z: [S, n, D_total]`` (see :func:`log_joint`) and ``log_q: [S, n]``.
+    """
+    sites = latent_sites(target, x)
     nesting = _max_plate_nesting(target.guide, x) if nesting is None else nesting
     with torch.no_grad():
         trace = _vectorised_trace(target.guide, x, num_samples, nesting)
-    if target.latent_site not in trace.nodes:
-        raise ValueError(
-            f"the guide has no sample site {target.latent_site!r}; pass latent_site= naming the guide's latent site."
-        )
-    site = trace.nodes[target.latent_site]
-    z = site["value"].reshape(num_samples, x.shape[0], -1)
+    n = x.shape[0]
+    z = flatten_sites({name: trace.nodes[name]["value"] for name in sites}, sites, num_samples, n)
     with torch.no_grad():
-        log_q = _site_log_prob(site, num_samples, x.shape[0])
+        log_q = sum(_site_log_prob(trace.nodes[name], num_samples, n) for name in sites)
     return z, log_q
 
 
@@ -361,50 +494,54 @@ def to_inference_data(
     index = _obs_index(obs_index, n)
     total = num_chains * num_draws
 
+    sites = latent_sites(target, x)
     zs, log_qs, xs_pred, log_liks, log_priors = [], [], [], [], []
     prior_zs, prior_xs = [], []
     with _seeded(random_seed, x.device), torch.no_grad(), frozen_parameters(target):
         for size in _chunks(total, chunk_size):
-            z = Predictive(target.guide, num_samples=size, return_sites=(target.latent_site,), parallel=True)(x)
-            z = z[target.latent_site].reshape(size, n, -1)
+            draws = Predictive(target.guide, num_samples=size, return_sites=tuple(sites), parallel=True)(x)
+            z = flatten_sites(draws, sites, size, n)
             _, log_q = _guide_log_q(target, x, z)
-            predictive = Predictive(target.model, posterior_samples={target.latent_site: z}, parallel=True)
+            predictive = Predictive(target.model, posterior_samples=unflatten_sites(z, sites), parallel=True)
             trace = predictive.get_vectorized_trace(x)
             obs_node = trace.nodes[target.obs_site]
             # the model observes x, so Predictive's value at the site is x itself: draw from the likelihood
             xs_pred.append(obs_node["fn"].sample().reshape(size, n, *obs_shape))
             log_liks.append(obs_node["fn"].log_prob(x).reshape(size, n))
-            log_priors.append(
-                trace.nodes[target.latent_site]["fn"]
-                .log_prob(trace.nodes[target.latent_site]["value"])
-                .reshape(size, n)
-            )
+            log_priors.append(log_joint(target, x, z)[0])  # sums out enumerated sites
             zs.append(z)
             log_qs.append(log_q)
         for size in _chunks(num_chains * num_prior_draws, chunk_size):
             trace = Predictive(target.model, num_samples=size, parallel=True).get_vectorized_trace(x)
-            prior_zs.append(trace.nodes[target.latent_site]["value"].reshape(size, n, -1))
+            prior_zs.append(flatten_sites({k: trace.nodes[k]["value"] for k in sites}, sites, size, n))
             prior_xs.append(trace.nodes[target.obs_site]["fn"].sample().reshape(size, n, *obs_shape))
 
     def stack(parts: list[torch.Tensor], draws: int) -> np.ndarray:
         arr = torch.cat(parts).detach().cpu().double().numpy()
         return arr.reshape(num_chains, draws, *arr.shape[1:])
 
-    z_arr = stack(zs, num_draws)
-    latent_dim = z_arr.shape[-1]
+    def per_site(parts: list[torch.Tensor], draws: int) -> dict[str, np.ndarray]:
+        flat = torch.cat(parts)
+        return {
+            name: value.detach().cpu().double().numpy().reshape(num_chains, draws, n, *sites[name])
+            for name, value in unflatten_sites(flat, sites).items()
+        }
+
+    posterior = per_site(zs, num_draws)
     site, obs = target.latent_site, target.obs_site
+    latent_dim = _site_size(sites[site])
     x_dims = _obs_dims(obs_shape)
     coords = {"obs": index, "latent": np.arange(latent_dim)}
-    dims = {site: ["obs", "latent"], obs: ["obs", *x_dims], "log_q": ["obs"], "log_joint": ["obs"]}
+    dims = {**_site_dims(sites, site), obs: ["obs", *x_dims], "log_q": ["obs"], "log_joint": ["obs"]}
     consts, const_dims, attrs = _prior_constants(target.prior, latent_dim)
     for key, value in (constant_data or {}).items():
         consts[str(key)] = np.asarray(value.detach().cpu() if torch.is_tensor(value) else value)
     dims.update(const_dims)
     log_lik = stack(log_liks, num_draws)
     idata = az.from_dict(
-        posterior={site: z_arr},
+        posterior=posterior,
         sample_stats={"log_q": stack(log_qs, num_draws), "log_joint": stack(log_priors, num_draws) + log_lik},
-        prior={site: stack(prior_zs, num_prior_draws)},
+        prior=per_site(prior_zs, num_prior_draws),
         prior_predictive={obs: stack(prior_xs, num_prior_draws)},
         posterior_predictive={obs: stack(xs_pred, num_draws)},
         log_likelihood={obs: log_lik},
@@ -416,17 +553,35 @@ def to_inference_data(
     # from_dict puts attrs on some groups only; every group gets them so any one file part is self-describing
     for group in idata.groups():
         getattr(idata, group).attrs.update(
-            {"inference": "amortised guide q(z|x)", "latent_site": site, "obs_site": obs, **attrs}
+            {
+                "inference": "amortised guide q(z|x)",
+                "latent_site": site,
+                "latent_sites": ",".join(sites),
+                "obs_site": obs,
+                **attrs,
+            }
         )
     return idata
 
 
+def _site_dims(sites: Mapping[str, tuple[int, ...]], primary: str) -> dict[str, list[str]]:
+    """ArviZ dims of each latent site: the primary one on ``(obs, latent)``, others on ``(obs, <name>_dim_k...)``."""
+    dims = {}
+    for name, shape in sites.items():
+        if name == primary and len(shape) == 1:
+            dims[name] = ["obs", "latent"]
+        else:
+            dims[name] = ["obs"] + [f"{name}_dim_{k}" for k in range(len(shape))]
+    return dims
+
+
 def _guide_log_q(target: ModelTarget, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """:math:`\\log q(z \\mid x)` of given draws ``z: [S, n, D]`` by replaying the guide, ``[S, n]``."""
+    """:math:`\\log q(z \\mid x)` of given flat draws ``z: [S, n, D_total]`` by replaying the guide, ``[S, n]``."""
     num, n = z.shape[0], x.shape[0]
+    sites = latent_sites(target, x)
     nesting = _max_plate_nesting(target.guide, x)
-    trace = _vectorised_trace(target.guide, x, num, nesting, {target.latent_site: z})
-    return z, _site_log_prob(trace.nodes[target.latent_site], num, n)
+    trace = _vectorised_trace(target.guide, x, num, nesting, unflatten_sites(z, sites))
+    return z, sum(_site_log_prob(trace.nodes[name], num, n) for name in sites)
 
 
 def sample_posterior_nuts(
@@ -470,6 +625,7 @@ def sample_posterior_nuts(
     n = x.shape[0]
     index = _obs_index(obs_index, n)
     site = target.latent_site
+    sites = latent_sites(target, x)
 
     chains, diverging, lps = [], [], []
     with frozen_parameters(target):
@@ -478,45 +634,48 @@ def sample_posterior_nuts(
             with _seeded(seed, x.device):
                 with torch.no_grad():
                     if init == "encoder":
-                        z0 = sample_guide(target, x, 1)[0][0]
+                        z0 = sample_guide(target, x, 1)[0]
                     else:
-                        z0 = Predictive(target.model, num_samples=1, return_sites=(site,), parallel=True)(x)[site]
-                        z0 = z0.reshape(n, -1)
+                        draws = Predictive(target.model, num_samples=1, return_sites=tuple(sites), parallel=True)(x)
+                        z0 = flatten_sites(draws, sites, 1, n)
+                # every latent site starts at the same joint draw
+                values = {name: value[0] for name, value in unflatten_sites(z0, sites).items()}
                 kernel = NUTS(
                     target.model,
                     target_accept_prob=float(target_accept_prob),
                     max_tree_depth=int(max_tree_depth),
-                    init_strategy=init_to_value(values={site: z0}),
+                    init_strategy=init_to_value(values=values),
                     jit_compile=False,
+                    # enumerated discrete sites are summed out by Pyro's HMC, which needs the plate depth
+                    max_plate_nesting=_max_plate_nesting(target.model, x) if target.enumerated else None,
                 )
                 mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup_steps, disable_progbar=True)
                 mcmc.run(x)
             samples = mcmc.get_samples()
-            if set(samples) != {site}:
-                raise ValueError(
-                    f"the model has latent sites {sorted(samples)}; NUTS ground truth supports a single latent "
-                    f"site ({site!r})."
-                )
-            z = samples[site].reshape(num_samples, n, -1)
+            z = flatten_sites(samples, sites, num_samples, n)
             flags = np.zeros(num_samples, dtype=bool)
             idx = [i for i in mcmc.diagnostics().get("divergences", {}).get("chain 0", []) if 0 <= i < num_samples]
             flags[idx] = True
             with torch.no_grad():
                 log_prior, log_lik = log_joint(target, x, z)
-            chains.append(z.detach().cpu().double().numpy())
+            chains.append(z.detach())
             diverging.append(flags)
             lps.append((log_prior + log_lik).sum(-1).cpu().double().numpy())
 
-    z_arr = np.stack(chains)
+    posterior = {
+        name: torch.stack([unflatten_sites(c, sites)[name] for c in chains]).cpu().double().numpy()
+        for name in sites
+    }
     return az.from_dict(
-        posterior={site: z_arr},
+        posterior=posterior,
         sample_stats={"diverging": np.stack(diverging), "lp": np.stack(lps)},
         observed_data={target.obs_site: x.cpu().double().numpy()},
-        coords={"obs": index, "latent": np.arange(z_arr.shape[-1])},
-        dims={site: ["obs", "latent"], target.obs_site: ["obs", *_obs_dims(tuple(x.shape[1:]))]},
+        coords={"obs": index, "latent": np.arange(_site_size(sites[site]))},
+        dims={**_site_dims(sites, site), target.obs_site: ["obs", *_obs_dims(tuple(x.shape[1:]))]},
         attrs={
             "inference": "NUTS on p(z|x), decoder frozen",
             "latent_site": site,
+            "latent_sites": ",".join(sites),
             "obs_site": target.obs_site,
             "num_warmup": warmup_steps,
             "target_accept_prob": float(target_accept_prob),
@@ -532,8 +691,9 @@ def nuts_diagnostics(idata: az.InferenceData, *, var_name: str | None = None) ->
     """
     if not isinstance(idata, az.InferenceData) or "posterior" not in idata.groups():
         raise TypeError("idata must be an arviz.InferenceData with a posterior group (from sample_posterior_nuts).")
-    var_name = var_name or idata.posterior.attrs.get("latent_site", "z")
-    summary = az.summary(idata, var_names=[var_name])
+    # every latent site of the posterior unless one is named
+    var_names = [var_name] if var_name else list(idata.posterior.data_vars)
+    summary = az.summary(idata, var_names=var_names)
     divergences = 0
     if "sample_stats" in idata.groups() and "diverging" in idata.sample_stats:
         divergences = int(idata.sample_stats["diverging"].values.sum())

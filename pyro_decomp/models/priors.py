@@ -46,6 +46,7 @@ __all__ = [
     "SparseMixturePrior",
     "StudentTPrior",
     "gaussian_log_normaliser",
+    "importance_log_normaliser",
     "mixture_means",
     "pca_variances",
 ]
@@ -87,6 +88,88 @@ def gaussian_log_normaliser(variance: torch.Tensor, beta: float) -> torch.Tensor
 def _tensor_key(t: torch.Tensor) -> tuple:
     """Identifies a buffer's storage and contents version (for :meth:`Prior._cached`)."""
     return (t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape))
+
+
+# A uniform grid is used for log F_β where the dimension allows (D <= 2): at most this many points,
+# beyond which the estimators fall back to importance sampling.
+_MAX_GRID_POINTS = 4_000_000
+# Grid spacing as a fraction of the integrand's narrowest length scale. The integrands are analytic in a
+# strip around the real axis, so the trapezoid rule converges geometrically; a quarter of the scale is
+# accurate to about 1e-9 nats on the pinwheel mixture for β in [0.01, 30] (checked against spacing/8).
+_GRID_STEPS_PER_SCALE = 4
+# Tails kept beyond the outermost component: p^β has fallen by exp(-12²/2) there.
+_GRID_TAIL_SCALES = 12.0
+
+
+def _grid_log_integral(log_f, lo: Sequence[float], hi: Sequence[float], step: float) -> torch.Tensor:
+    """Log of the integral of ``exp(log_f(z))`` over the box ``[lo, hi]`` (D = 1 or 2), trapezoid rule.
+
+    ``log_f`` maps float64 points ``[m, D]`` to ``[m]``. The integrand must be negligible on the box's
+    boundary, so the trapezoid rule is the plain Riemann sum; it is evaluated in chunks to bound memory.
+    """
+    axes = [torch.arange(float(a), float(b) + step, step, dtype=torch.float64) for a, b in zip(lo, hi)]
+    inner = axes[1].numel() if len(axes) == 2 else 1
+    parts = []
+    for block in axes[0].split(max(1, 2**16 // inner)):
+        z = torch.cartesian_prod(block, axes[1]) if len(axes) == 2 else block.unsqueeze(-1)
+        parts.append(torch.logsumexp(log_f(z), 0))
+    return torch.logsumexp(torch.stack(parts), 0) + len(axes) * math.log(step)
+
+
+def _grid_points(lo: Sequence[float], hi: Sequence[float], step: float) -> float:
+    """How many points :func:`_grid_log_integral` would evaluate."""
+    return math.prod((float(b) - float(a)) / step + 2 for a, b in zip(lo, hi))
+
+
+def importance_log_normaliser(
+    distribution: torch.distributions.Distribution, beta: float, *, num_samples: int = 4096
+) -> torch.Tensor:
+    """Importance-sampling :math:`\\log F_\\beta = \\log \\int p(z)^\\beta dz` for any distribution ``p``.
+
+    Sampling from ``p`` itself (:math:`F_\\beta = \\mathbb E_p[p^{\\beta-1}]`) has infinite variance for
+    :math:`\\beta \\le \\tfrac12` (:math:`\\mathbb E_p[p^{2\\beta-2}] = \\int p^{2\\beta-1}` diverges for a
+    Gaussian), and badly underestimates there. The proposal here is the defensive mixture
+
+    .. math:: q = \\tfrac12\\, p + \\tfrac12\\, t_1\\big(m, \\mathrm{diag}(s^2)/\\min(\\beta, 1)\\big)
+
+    of ``p`` and a multivariate Cauchy with the prior's median ``m`` and interquartile scale ``s``
+    (estimated from ``num_samples`` draws of ``p``), widened like :math:`f_\\beta`. The weights
+    :math:`p^\\beta / q \\le 2 p^{\\beta-1}` are bounded for :math:`\\beta \\ge 1` (where ``p`` is
+    bounded), and for :math:`\\beta < 1` the Cauchy's :math:`|z|^{-(D+1)}` tail covers any :math:`p^\\beta`
+    with lighter tails. Priors that know better override :meth:`Prior.log_normaliser`.
+    Returns ``[*batch_shape]`` (one value per batch element of ``distribution``).
+
+    >>> _ = torch.manual_seed(0)
+    >>> est = importance_log_normaliser(torch.distributions.Normal(0.0, 1.0), 0.5, num_samples=20000)
+    >>> abs(est.item() - gaussian_log_normaliser(torch.ones(1), 0.5).item()) < 0.02
+    True
+    """
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
+        raise ValueError(f"num_samples must be an integer >= 2, got {num_samples!r}.")
+    if beta <= 0:
+        return torch.full(distribution.batch_shape, math.inf)
+    with torch.no_grad():
+        z_p = distribution.sample((num_samples,))  # [S, *batch, *event]
+        event = distribution.event_shape
+        flat = z_p.reshape((num_samples,) + tuple(distribution.batch_shape) + (-1,)).double()
+        centre = flat.median(0).values
+        quart = torch.quantile(flat, torch.tensor([0.25, 0.75], dtype=flat.dtype), dim=0)
+        # the IQR of a normal is 1.349 sd; floor it so a point-mass-like dimension keeps a proper proposal
+        scale = ((quart[1] - quart[0]) / 1.349).clamp_min(1e-6) / math.sqrt(min(beta, 1.0))
+        wide = dist.MultivariateStudentT(
+            torch.ones((), dtype=flat.dtype), centre, torch.diag_embed(scale)
+        )
+        z_t = wide.sample((num_samples,))
+        # half the draws from each component: the stratified estimate of E_q[p^β / q]
+        z = torch.cat([flat, z_t])  # [2S, *batch, D]
+
+        def log_p(points: torch.Tensor) -> torch.Tensor:
+            return distribution.log_prob(points.reshape(points.shape[:-1] + event).to(z_p.dtype)).double()
+
+        lp = log_p(z)
+        log_q = torch.logaddexp(lp, wide.log_prob(z)) - math.log(2.0)
+        log_w = beta * lp - log_q
+        return (torch.logsumexp(log_w, 0) - math.log(2 * num_samples)).to(z_p.dtype)
 
 
 class Prior(PyroModule):
@@ -139,17 +222,24 @@ class Prior(PyroModule):
         return None
 
     def log_normaliser(self, beta: float, *, num_samples: int = 4096) -> torch.Tensor:
-        """:math:`\\log F_\\beta = \\log \\int p(z)^\\beta dz`.
+        """:math:`\\log F_\\beta = \\log \\int p(z)^\\beta dz` (paper Theorem 1), ``inf`` where the integral diverges.
 
-        The default is an importance-sampling estimate with the prior as proposal,
-        :math:`F_\\beta = \\mathbb E_p[p(z)^{\\beta-1}]`; Gaussian priors override it with the closed form.
+        The default is :func:`importance_log_normaliser` with ``num_samples`` draws (a proposal that
+        covers :math:`f_\\beta` for every :math:`\\beta > 0`). The built-in priors override it with a
+        closed form (Gaussian, Student-t) or deterministic quadrature (the mixtures in low dimension).
         """
         if beta <= 0:
             return torch.tensor(math.inf)
-        with torch.no_grad():
-            z = self.sample(num_samples)
-            log_w = (beta - 1.0) * self.log_prob(z)
-            return torch.logsumexp(log_w, 0) - math.log(num_samples)
+        return importance_log_normaliser(self.distribution(), beta, num_samples=num_samples)
+
+    def _memo_log_normaliser(self, key: tuple, compute) -> torch.Tensor:
+        """``compute()``, remembered for the last few ``key`` s (the value is deterministic given ``key``)."""
+        memo = self.__dict__.setdefault("_log_normaliser_memo", {})
+        if key not in memo:
+            if len(memo) >= 16:
+                memo.pop(next(iter(memo)))
+            memo[key] = compute()
+        return memo[key]
 
 
 class IsotropicGaussianPrior(Prior):
@@ -295,13 +385,24 @@ class StudentTPrior(Prior):
         ).to_event(1)
 
     def log_normaliser(self, beta: float, *, num_samples: int = 4096) -> torch.Tensor:
-        if beta <= 0 or beta * (self.df + 1.0) <= 1.0:
-            # the integral of p^β diverges: p(z)^β ~ |z|^{-β(ν+1)}
-            return torch.tensor(math.inf)
-        from scipy import integrate, stats
+        """Closed form: with :math:`p(t) = c_\\nu (1 + t^2/\\nu)^{-(\\nu+1)/2}` and :math:`a = \\beta(\\nu+1)/2`,
 
-        val, _ = integrate.quad(lambda t: stats.t.pdf(t, self.df) ** beta, -math.inf, math.inf, limit=200)
-        return torch.tensor(self.latent_dim * math.log(val), dtype=self._anchor.dtype)
+        .. math::
+
+            \\int p(t)^\\beta dt = c_\\nu^\\beta \\sqrt{\\nu\\pi}\\, \\frac{\\Gamma(a - \\tfrac12)}{\\Gamma(a)},
+            \\qquad c_\\nu = \\frac{\\Gamma(\\frac{\\nu+1}{2})}{\\sqrt{\\nu\\pi}\\,\\Gamma(\\frac{\\nu}{2})},
+
+        (a Beta integral), finite iff :math:`a > \\tfrac12`; :math:`\\log F_\\beta` is ``latent_dim`` times its log.
+        ``num_samples`` is unused (kept for the common signature).
+        """
+        a = beta * (self.df + 1.0) / 2.0
+        if beta <= 0 or a <= 0.5:
+            # the integral of p^β diverges: p(t)^β ~ |t|^{-β(ν+1)}
+            return torch.tensor(math.inf)
+        nu = self.df
+        log_c = math.lgamma((nu + 1) / 2) - 0.5 * math.log(nu * math.pi) - math.lgamma(nu / 2)
+        per_dim = beta * log_c + 0.5 * math.log(nu * math.pi) + math.lgamma(a - 0.5) - math.lgamma(a)
+        return torch.tensor(self.latent_dim * per_dim, dtype=self._anchor.dtype, device=self._anchor.device)
 
 
 def mixture_means(latent_dim: int, n_components: int, layout: str = "corners") -> torch.Tensor:
@@ -401,6 +502,66 @@ class GaussianMixturePrior(Prior):
         """The most probable component of each code, ``[...]`` (used for clustering metrics)."""
         return self.component_log_prob(z).argmax(-1)
 
+    def log_normaliser(self, beta: float, *, num_samples: int = 4096) -> torch.Tensor:
+        """Log normaliser of the annealed mixture (paper Theorem 1):
+
+        .. math:: \\log F_\\beta = \\log \\int \\big(\\sum_c \\pi_c \\mathcal N(z; \\mu_c, \\sigma^2 I)\\big)^\\beta dz
+
+        * ``latent_dim <= 2``: deterministic quadrature, the trapezoid rule in log space on a grid with
+          spacing a quarter of :math:`\\min(\\sigma, \\sigma/\\sqrt\\beta)` (the narrowest feature of
+          :math:`p^\\beta`) reaching 12 :math:`\\sigma/\\sqrt\\beta` beyond the outermost means - accurate to
+          about 1e-9 nats on the pinwheel prior over :math:`\\beta \\in [0.01, 30]`;
+        * otherwise (or when that grid would exceed 4 million points) importance sampling with
+          ``num_samples`` draws from the mixture of the components' annealed Gaussians,
+          :math:`q(z) = \\sum_c w_c\\, \\mathcal N(z; \\mu_c, \\sigma^2 I / \\beta)` with
+          :math:`w_c \\propto \\pi_c^\\beta`. Since :math:`\\mathcal N(\\mu_c, \\sigma^2)^\\beta = G_\\beta\\,
+          \\mathcal N(\\mu_c, \\sigma^2/\\beta)` (:math:`G_\\beta` the Gaussian :math:`F_\\beta`) and
+          :math:`p \\le C \\max_c \\pi_c \\mathcal N_c`, the weights
+          :math:`p^\\beta/q \\le C^\\beta G_\\beta \\sum_c \\pi_c^\\beta`
+          are bounded for every :math:`\\beta > 0`, so the estimate has finite variance (sampling from
+          ``p`` itself has infinite variance for :math:`\\beta \\le \\tfrac12`).
+
+        Values are remembered per β while the means, weights and variance are unchanged.
+        """
+        if beta <= 0:
+            return torch.tensor(math.inf)
+        # a deterministic computation on a few numbers: done on the CPU in float64 whatever the device
+        means = self.means.detach().double().cpu()
+        weights = self.weights.detach().double().cpu()
+        D, var = self.latent_dim, self.variance
+        sigma, spread = math.sqrt(var), math.sqrt(var / beta)
+
+        def log_p(z: torch.Tensor) -> torch.Tensor:  # [m, D] -> [m]
+            sq = (z.unsqueeze(-2) - means).square().sum(-1)
+            log_norm = -0.5 * D * math.log(2 * math.pi * var)
+            return torch.logsumexp(weights.log() - 0.5 * sq / var + log_norm, -1)
+
+        lo = (means.min(0).values - _GRID_TAIL_SCALES * spread).tolist()
+        hi = (means.max(0).values + _GRID_TAIL_SCALES * spread).tolist()
+        step = min(sigma, spread) / _GRID_STEPS_PER_SCALE
+        use_grid = D <= 2 and _grid_points(lo, hi, step) <= _MAX_GRID_POINTS
+
+        def compute() -> float:
+            if use_grid:
+                return float(_grid_log_integral(lambda z: beta * log_p(z), lo, hi, step))
+            log_w_c = beta * weights.log()
+            log_w_c = log_w_c - torch.logsumexp(log_w_c, 0)
+            with torch.no_grad():
+                comp = torch.distributions.Categorical(logits=log_w_c).sample((int(num_samples),))
+                z = means[comp] + spread * torch.randn(int(num_samples), D, dtype=torch.float64)
+                sq = (z.unsqueeze(-2) - means).square().sum(-1)
+                log_q = torch.logsumexp(
+                    log_w_c - 0.5 * sq / (var / beta) - 0.5 * D * math.log(2 * math.pi * var / beta), -1
+                )
+                log_w = beta * log_p(z) - log_q
+                return float(torch.logsumexp(log_w, 0) - math.log(int(num_samples)))
+
+        if not use_grid:  # a Monte Carlo estimate is drawn afresh each call
+            return torch.tensor(compute(), dtype=self._anchor.dtype, device=self._anchor.device)
+        key = (_tensor_key(self.means), _tensor_key(self.weights), var, beta)
+        value = self._memo_log_normaliser(key, compute)
+        return torch.tensor(value, dtype=self._anchor.dtype, device=self._anchor.device)
+
 
 class SparseMixturePrior(Prior):
     """Spike-and-slab style sparse prior (paper §6, Fig. 4):
@@ -430,15 +591,29 @@ class SparseMixturePrior(Prior):
         return per_dim.to_event(1)
 
     def log_normaliser(self, beta: float, *, num_samples: int = 4096) -> torch.Tensor:
+        """``latent_dim`` times the log of the 1-D integral :math:`\\int p_1(t)^\\beta dt` (the prior is a product).
+
+        The 1-D integral is a trapezoid rule in log space on a grid whose spacing resolves the spike
+        (a quarter of :math:`\\min(\\sigma_0, \\sigma_0/\\sqrt\\beta)`) and whose range covers the slab's
+        annealed tails (12 :math:`\\max(1, 1/\\sqrt\\beta)`). ``num_samples`` is unused.
+        """
         if beta <= 0:
             return torch.tensor(math.inf)
-        from scipy import integrate, stats
-
         g, s0 = self.gamma, self.sigma0
 
-        def pdf(t: float) -> float:
-            return ((1 - g) * stats.norm.pdf(t) + g * stats.norm.pdf(t, scale=s0)) ** beta
+        def compute() -> float:
+            def log_f(t: torch.Tensor) -> torch.Tensor:
+                t = t[:, 0]
+                slab = math.log1p(-g) - 0.5 * t**2 - 0.5 * math.log(2 * math.pi)
+                if g == 0:
+                    return beta * slab
+                spike = math.log(g) - 0.5 * (t / s0) ** 2 - math.log(s0) - 0.5 * math.log(2 * math.pi)
+                return beta * torch.logaddexp(slab, spike)
 
-        # split at the spike so quad resolves it
-        val = sum(integrate.quad(pdf, a, b, limit=200)[0] for a, b in [(-math.inf, -1), (-1, 1), (1, math.inf)])
-        return torch.tensor(self.latent_dim * math.log(val), dtype=self._anchor.dtype)
+            widest = max(1.0, s0) / math.sqrt(beta)
+            step = min(1.0, s0, s0 / math.sqrt(beta), 1.0 / math.sqrt(beta)) / _GRID_STEPS_PER_SCALE
+            half = _GRID_TAIL_SCALES * widest
+            return float(_grid_log_integral(log_f, [-half], [half], step))
+
+        val = self._memo_log_normaliser((beta, g, s0), compute)
+        return torch.tensor(self.latent_dim * val, dtype=self._anchor.dtype, device=self._anchor.device)

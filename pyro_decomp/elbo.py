@@ -58,7 +58,7 @@ from torch.distributions import kl_divergence
 
 from .divergences.base import AggregateBatch, Divergence, build_aggregate_batch
 from .models.marginal import ModelSiteDensity, PriorModuleDensity, ProgramMarginal
-from .models.priors import Prior, gaussian_log_normaliser
+from .models.priors import Prior, gaussian_log_normaliser, importance_log_normaliser
 
 __all__ = ["DecompositionELBO"]
 
@@ -481,7 +481,7 @@ class DecompositionELBO(ELBO):
             elif beta > 0:
                 prior = self._prior_of(model)
                 if isinstance(prior, Prior) and prior.site == name:
-                    lf = prior.log_normaliser(beta)  # closed form or quadrature where the prior knows one
+                    lf = prior.log_normaliser(beta, num_samples=self.log_F_beta_samples)  # closed form or quadrature if known
                 else:
                     lf = self._log_F_importance(site["fn"], beta)
                 # KL(q ‖ f_β) = β KL(q ‖ p) + (β - 1) H[q] + log F_β   (Theorem 1 rearranged)
@@ -501,13 +501,11 @@ class DecompositionELBO(ELBO):
         return {"annealed_kl": annealed_kl, "entropy": entropy, "log_F_beta": log_F}
 
     def _log_F_importance(self, fn, beta: float) -> torch.Tensor:
-        """Importance-sampling :math:`\\log F_\\beta = \\log \\mathbb E_p[p(z)^{\\beta-1}]`, per batch element.
+        """:math:`\\log F_\\beta` per batch element by :func:`~pyro_decomp.models.priors.importance_log_normaliser`.
 
         ``log_F_beta_samples`` is the total budget, shared across batch elements (at least 256 each)."""
         S = max(256, self.log_F_beta_samples // max(1, fn.batch_shape.numel()))
-        with torch.no_grad():
-            z = fn.sample((S,))
-            return torch.logsumexp((beta - 1.0) * fn.log_prob(z), 0) - math.log(S)
+        return importance_log_normaliser(fn, beta, num_samples=S)
 
     # ------------------------------------------------------------------ ELBO API
     def _terms(self, model, guide, args, kwargs, *, extras=False) -> tuple[dict[str, torch.Tensor], Any]:

@@ -318,3 +318,20 @@ def test_mixture_means_layouts():
 def test_bad_parameters_raise_clear_errors(build, match):
     with pytest.raises(ValueError, match=match):
         build()
+
+
+@pytest.mark.parametrize("beta", [0.3, 1.0, 2.0], ids=lambda b: f"beta={b}")
+def test_importance_log_normaliser_on_a_constrained_support_matches_quadrature(beta):
+    """A Gamma site (e.g. a precision parent in a hierarchical prior) is sampled in log space, never off support.
+
+    Reference: log ∫_0^∞ Gamma(s; a, b)^β ds by scipy quadrature. num_samples = 20000 per element; the
+    estimator's sd here is below 0.005, so prec = 0.02.
+    """
+    torch.manual_seed(0)
+    conc, rate = torch.tensor([2.0, 3.0, 0.7]), torch.tensor([1.0, 2.0, 1.5])
+    est = importance_log_normaliser(torch.distributions.Gamma(conc, rate), beta, num_samples=20_000)
+    ref = [
+        math.log(integrate.quad(lambda s: stats.gamma.pdf(s, a, scale=1 / b) ** beta, 0, np.inf, limit=200)[0])
+        for a, b in zip(conc.tolist(), rate.tolist())
+    ]
+    assert est.tolist() == pytest.approx(ref, abs=0.02)

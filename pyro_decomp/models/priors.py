@@ -148,10 +148,19 @@ def importance_log_normaliser(
         raise ValueError(f"num_samples must be an integer >= 2, got {num_samples!r}.")
     if beta <= 0:
         return torch.full(distribution.batch_shape, math.inf)
+    # work in unconstrained coordinates u = T^{-1}(z): F_β = ∫ p(T(u))^β |det J_T(u)| du, so a proposal on
+    # the whole real line (the Cauchy below) never lands outside a constrained support (Gamma, Beta, ...)
+    to_support = torch.distributions.biject_to(distribution.support)
+    event = distribution.event_shape
+    if to_support.forward_shape(event) != event or to_support.domain.event_dim != len(event):
+        raise NotImplementedError(
+            f"log F_beta by importance sampling needs a support whose unconstrained form keeps the event shape; "
+            f"{distribution.support} does not. Override Prior.log_normaliser with a closed form."
+        )
     with torch.no_grad():
         z_p = distribution.sample((num_samples,))  # [S, *batch, *event]
-        event = distribution.event_shape
-        flat = z_p.reshape((num_samples,) + tuple(distribution.batch_shape) + (-1,)).double()
+        u_p = to_support.inv(z_p)
+        flat = u_p.reshape((num_samples,) + tuple(distribution.batch_shape) + (-1,)).double()
         centre = flat.median(0).values
         quart = torch.quantile(flat, torch.tensor([0.25, 0.75], dtype=flat.dtype), dim=0)
         # the IQR of a normal is 1.349 sd; floor it so a point-mass-like dimension keeps a proper proposal
@@ -160,15 +169,26 @@ def importance_log_normaliser(
             torch.ones((), dtype=flat.dtype), centre, torch.diag_embed(scale)
         )
         z_t = wide.sample((num_samples,))
-        # half the draws from each component: the stratified estimate of E_q[p^β / q]
-        z = torch.cat([flat, z_t])  # [2S, *batch, D]
+        # half the draws from each component: the stratified estimate of E_q[p^β |J| / q]
+        u = torch.cat([flat, z_t])  # [2S, *batch, D]
 
-        def log_p(points: torch.Tensor) -> torch.Tensor:
-            return distribution.log_prob(points.reshape(points.shape[:-1] + event).to(z_p.dtype)).double()
+        def log_p_and_jacobian(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            u_event = points.reshape(points.shape[:-1] + event).to(z_p.dtype)
+            z = to_support(u_event)
+            log_det = to_support.log_abs_det_jacobian(u_event, z)
+            # elementwise transforms give [*, *event], event-level ones [*]: either way sum to [*]
+            log_det = log_det.reshape(u_event.shape[: u_event.dim() - len(event)] + (-1,)).sum(-1)
+            return distribution.log_prob(z).double(), log_det.double()
 
-        lp = log_p(z)
-        log_q = torch.logaddexp(lp, wide.log_prob(z)) - math.log(2.0)
-        log_w = beta * lp - log_q
+        lp, log_det = log_p_and_jacobian(u)
+        # a far Cauchy draw can map to z = inf or 0 (exp overflow/underflow), where p(T(u))·|J| -> 0
+        ninf = torch.tensor(-math.inf, dtype=lp.dtype)
+        log_p_u = torch.nan_to_num(lp + log_det, nan=-math.inf, posinf=-math.inf)
+        log_integrand = torch.nan_to_num(beta * lp + log_det, nan=-math.inf, posinf=-math.inf)
+        log_integrand = torch.where(torch.isfinite(log_p_u), log_integrand, ninf)
+        # density of u under the "p" half of the proposal: p(T(u)) |det J_T(u)|
+        log_q = torch.logaddexp(log_p_u, wide.log_prob(u)) - math.log(2.0)
+        log_w = log_integrand - log_q
         return (torch.logsumexp(log_w, 0) - math.log(2 * num_samples)).to(z_p.dtype)
 
 

@@ -294,6 +294,11 @@ def _cmd_analyse(args: argparse.Namespace) -> int:
     written = analyse_run(args.run_dir, nuts_datapoints=args.nuts, out_dir=out, load=load_run)
     for path in written.values() if isinstance(written, dict) else written:
         print(f"  wrote {path}")
+    report_path = written.get("amortisation") if isinstance(written, dict) else None
+    if report_path is not None:
+        # e.g. a local optimisation that ended worse than the encoder: measured, reported, not hidden
+        for line in json.loads(Path(report_path).read_text()).get("warnings", []):
+            print(f"warning: {line}", file=sys.stderr)
     return 0
 
 

@@ -173,6 +173,15 @@ def test_unsafe_checkpoint_is_refused_as_unsafe(run, capsys):
     assert not (run / "pwned").exists()
 
 
+def test_analyse_prints_the_reports_warnings(run, tmp_path, capsys, monkeypatch):
+    # a local optimum worse than the encoder is a warning in amortisation.json; the CLI must show it
+    report = tmp_path / "amortisation.json"
+    report.write_text(json.dumps({"warnings": ["datapoint 3: local ELBO below the encoder's by 0.9 nats"]}))
+    monkeypatch.setattr("pyro_decomp.analysis.analyse_run", lambda *a, **k: {"amortisation": report})
+    assert main(["analyse", str(run), "--out", str(tmp_path / "an"), "--nuts", "0"]) == 0
+    assert "warning: datapoint 3: local ELBO below the encoder's by 0.9 nats" in capsys.readouterr().err
+
+
 def test_analyse_refuses_to_write_into_a_run(run, capsys):
     before = _snapshot(run)
     assert main(["analyse", str(run), "--out", str(run), "--nuts", "0"]) == 2

@@ -64,7 +64,9 @@ class VAE(PyroModule):
 
     @property
     def encoder(self) -> torch.nn.Module:
-        return self.guide_module.encoder
+        # read _modules directly: inside model/guide, PyroModule attribute access would register the
+        # encoder's parameters with Pyro once more (a pyro.module statement, one param site per tensor)
+        return self._modules["guide_module"]._modules["encoder"]
 
     @property
     def latent_site(self) -> str:

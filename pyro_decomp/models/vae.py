@@ -146,9 +146,10 @@ class VAE(PyroModule):
         """:math:`z \\sim p(z)`, :math:`x \\sim p_\\theta(x \\mid z)` for ``x: [batch, *obs_shape]``."""
         self._claim_param_store()
         x = self._prepare(x)
+        decoder = self.decoder  # registers its parameters (pyro.module) here, outside the plate's handlers
         with data_plate(x, dataset_size):
             z = self.prior()
-            return self.likelihood(self.decoder(z), obs=x)
+            return self.likelihood(decoder(z), obs=x)
 
     @pyro_method
     def guide(self, x: torch.Tensor, *, dataset_size: int | None = None) -> torch.Tensor:

@@ -110,6 +110,10 @@ class Adam(PyroOptim):
                 if p not in active:
                     p.grad = None
         self._optimizer.step(*args, **kwargs)
+        # SVI then zeroes the gradients with a fresh zeros_like per tensor; None is the same to the next
+        # backward pass (it accumulates into nothing) and skips those allocations
+        for p in params:
+            p.grad = None
 
     def get_state(self) -> dict[str, Any]:
         """``{param_name: {"state": {0: ...}, "param_groups": [...]}}``, Pyro's per-parameter format."""

@@ -38,8 +38,11 @@ class AmortizedGaussianGuide(PyroModule):
         return dist.Normal(loc, scale, validate_args=False).to_event(1)
 
     def forward(self, x: torch.Tensor, *, dataset_size: int | None = None) -> torch.Tensor:
+        # the encoder runs (and its parameters register with Pyro) outside the plate: a param site needs
+        # no plate, and each message through the plate's handlers is a fixed cost per step
+        fn = self.distribution(x)
         with data_plate(x, dataset_size):
-            return pyro.sample(self.site, self.distribution(x))
+            return pyro.sample(self.site, fn)
 
 
 def data_plate(x: torch.Tensor, dataset_size: int | None = None) -> pyro.plate:

@@ -64,7 +64,9 @@ class VAE(PyroModule):
 
     @property
     def encoder(self) -> torch.nn.Module:
-        return self.guide_module.encoder
+        # read _modules directly: inside model/guide, PyroModule attribute access would register the
+        # encoder's parameters with Pyro once more (a pyro.module statement, one param site per tensor)
+        return self._modules["guide_module"]._modules["encoder"]
 
     @property
     def latent_site(self) -> str:
@@ -144,9 +146,10 @@ class VAE(PyroModule):
         """:math:`z \\sim p(z)`, :math:`x \\sim p_\\theta(x \\mid z)` for ``x: [batch, *obs_shape]``."""
         self._claim_param_store()
         x = self._prepare(x)
+        decoder = self.decoder  # registers its parameters (pyro.module) here, outside the plate's handlers
         with data_plate(x, dataset_size):
             z = self.prior()
-            return self.likelihood(self.decoder(z), obs=x)
+            return self.likelihood(decoder(z), obs=x)
 
     @pyro_method
     def guide(self, x: torch.Tensor, *, dataset_size: int | None = None) -> torch.Tensor:

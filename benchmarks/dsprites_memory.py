@@ -1,0 +1,131 @@
+"""Peak memory and training speed of dSprites runs (issue 10, item 4: dSprites in bounded memory).
+
+Each measurement is a child process (``python -m pyro_decomp ...``) whose peak resident set size comes
+from ``os.wait4`` (the kernel's ``ru_maxrss`` of that child alone). Cases:
+
+``run``
+    ``pyro-decomp run thesis-5.6`` at the paper data size (``data.num_images=null``: all 737,280 images)
+    for ``--steps`` steps (default 1,000, then it stops), with the evaluation shrunk to the smoke sizes
+    (the paper-size metrics encode ~10^6 images, hours on a CPU; evaluation is not what this measures)
+    and ``train.threads=1``. Reports the peak RSS and the training steps/s (``train_seconds`` of
+    ``metrics.json``, which includes the checkpoint writes).
+``sweep``
+    two such runs at once (a 2-worker sweep: each worker is one process running one run), ``--sweep-steps``
+    steps each; reports the sum of the two peaks (an upper bound of the concurrent total).
+``eval``
+    ``pyro-decomp eval`` and ``pyro-decomp analyse`` of the run written by ``run``: peak RSS of each.
+``build``
+    only the data build of ``build_experiment`` at ``--build-images`` training images (for the code before
+    this change, whose paper-size build, 12 GB of float32 and ~24 GB at the peak of ``torch.cat``, does
+    not fit this machine: its peak is measured at a smaller size and grows linearly in the image count).
+
+    PYTHONPATH=. python benchmarks/dsprites_memory.py [--cases run,sweep,eval] [--steps 1000]
+    PYTHONPATH=. python benchmarks/dsprites_memory.py --cases build --build-images 100000
+
+Timings are noisy on a shared machine; compare steps/s only between runs made close together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# the smoke evaluation sizes of thesis-5.6, so the evaluation after training takes seconds
+SMALL_EVAL = [
+    "eval.metric_group_size=16", "eval.metric_num_train=60", "eval.metric_num_eval=30",
+    "eval.metric_num_variance=500", "eval.metric_num_points=500", "eval.loss_images=256",
+]  # fmt: skip
+
+BUILD_SNIPPET = """
+import sys, time, resource
+from pyro_decomp.config import load_experiment
+from pyro_decomp.runner import build_experiment
+n = sys.argv[1]
+cfg = load_experiment("thesis-5.6", overrides={} if n == "null" else {"data.num_images": int(n)})
+t0 = time.perf_counter()
+exp = build_experiment(cfg)
+print("BUILD_SECONDS", time.perf_counter() - t0)
+"""
+
+
+def _child(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait(proc: subprocess.Popen) -> tuple[int, float, str]:
+    """``(exit status, peak RSS in MB, output)`` of a child."""
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_maxrss / 1024.0, out  # ru_maxrss is in KiB on Linux
+
+
+def _run_cmd(out_dir: Path, steps: int, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "pyro_decomp", "run", "thesis-5.6", "--out", str(out_dir), "--no-progress",
+            "--device", "cpu", f"train.steps={steps}", f"train.checkpoint_every={steps}", "train.log_every=100",
+            "train.threads=1", "train.tensorboard=false", "eval.figures=false", *SMALL_EVAL, *extra]  # fmt: skip
+
+
+def _steps_per_s(out_dir: Path, steps: int) -> float:
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    return steps / metrics["train_seconds"]
+
+
+def _check(code: int, out: str, what: str) -> None:
+    if code != 0:
+        raise SystemExit(f"{what} failed (exit {code}):\n{out[-3000:]}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--cases", default="run,sweep,eval", help="comma-separated: run, sweep, eval, build")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--sweep-steps", type=int, default=300)
+    p.add_argument("--build-images", default="100000", help="training images for the build case, or null")
+    p.add_argument("--extra", nargs="*", default=[], help="more config overrides for every run")
+    args = p.parse_args()
+    cases = set(args.cases.split(","))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.environ.get("PYTHONPATH", os.getcwd())}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if "build" in cases:
+            code, peak, out = _wait(_child([sys.executable, "-c", BUILD_SNIPPET, args.build_images], env))
+            _check(code, out, "build")
+            secs = float(out.split("BUILD_SECONDS")[1].split()[0])
+            print(f"build  num_images={args.build_images}: peak RSS {peak:,.0f} MB, {secs:.1f} s")
+        if "run" in cases or "eval" in cases:
+            run_dir = tmp / "run"
+            t0 = time.perf_counter()
+            code, peak, out = _wait(_child(_run_cmd(run_dir, args.steps, args.extra), env))
+            _check(code, out, "run")
+            print(f"run    {' '.join(args.extra) or 'paper data'}, {args.steps} steps: peak RSS {peak:,.0f} MB, "
+                  f"{_steps_per_s(run_dir, args.steps):.2f} steps/s, {time.perf_counter() - t0:.0f} s in all")
+            if "eval" in cases:
+                for cmd in ("eval", "analyse"):
+                    extra = ["--nuts", "0"] if cmd == "analyse" else []
+                    t0 = time.perf_counter()
+                    code, peak, out = _wait(_child([sys.executable, "-m", "pyro_decomp", cmd, str(run_dir), *extra],
+                                                   env))
+                    _check(code, out, cmd)
+                    print(f"{cmd:7s}of that run: peak RSS {peak:,.0f} MB, {time.perf_counter() - t0:.0f} s")
+        if "sweep" in cases:
+            procs = [_child(_run_cmd(tmp / f"sweep{i}", args.sweep_steps, [f"train.seed={i}", *args.extra]), env)
+                     for i in range(2)]
+            results = [_wait(proc) for proc in procs]
+            for i, (code, _, out) in enumerate(results):
+                _check(code, out, f"sweep worker {i}")
+            peaks = [r[1] for r in results]
+            rates = [_steps_per_s(tmp / f"sweep{i}", args.sweep_steps) for i in range(2)]
+            print(f"sweep  2 concurrent paper-data runs, {args.sweep_steps} steps: peaks "
+                  f"{' + '.join(f'{x:,.0f}' for x in peaks)} = {sum(peaks):,.0f} MB; "
+                  f"steps/s {', '.join(f'{r:.2f}' for r in rates)}")
+
+
+if __name__ == "__main__":
+    main()

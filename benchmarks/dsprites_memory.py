@@ -13,7 +13,11 @@ from ``os.wait4`` (the kernel's ``ru_maxrss`` of that child alone). Cases:
     two such runs at once (a 2-worker sweep: each worker is one process running one run), ``--sweep-steps``
     steps each; reports the sum of the two peaks (an upper bound of the concurrent total).
 ``eval``
-    ``pyro-decomp eval`` and ``pyro-decomp analyse`` of the run written by ``run``: peak RSS of each.
+    ``pyro-decomp eval`` of the run written by ``run``: its peak RSS (it reloads the model and renders only
+    the images it evaluates).
+``analyse``
+    ``pyro-decomp analyse --nuts 0`` of that run. Beware: the analysis itself (not the data loading, which
+    is the test split only) needs ~20 GB on dSprites at present.
 ``build``
     only the data build of ``build_experiment`` at ``--build-images`` training images (for the code before
     this change, whose paper-size build, 12 GB of float32 and ~24 GB at the peak of ``torch.cat``, does
@@ -99,15 +103,15 @@ def main() -> None:
             _check(code, out, "build")
             secs = float(out.split("BUILD_SECONDS")[1].split()[0])
             print(f"build  num_images={args.build_images}: peak RSS {peak:,.0f} MB, {secs:.1f} s")
-        if "run" in cases or "eval" in cases:
+        if cases & {"run", "eval", "analyse"}:
             run_dir = tmp / "run"
             t0 = time.perf_counter()
             code, peak, out = _wait(_child(_run_cmd(run_dir, args.steps, args.extra), env))
             _check(code, out, "run")
             print(f"run    {' '.join(args.extra) or 'paper data'}, {args.steps} steps: peak RSS {peak:,.0f} MB, "
                   f"{_steps_per_s(run_dir, args.steps):.2f} steps/s, {time.perf_counter() - t0:.0f} s in all")
-            if "eval" in cases:
-                for cmd in ("eval", "analyse"):
+            for cmd in ("eval", "analyse"):
+                if cmd in cases:
                     extra = ["--nuts", "0"] if cmd == "analyse" else []
                     t0 = time.perf_counter()
                     code, peak, out = _wait(_child([sys.executable, "-m", "pyro_decomp", cmd, str(run_dir), *extra],

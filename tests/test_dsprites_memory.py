@@ -152,3 +152,21 @@ def test_eval_and_analyse_loading_do_not_render_the_training_set(tmp_path, monke
     assert tuple(x.shape) == (40, 1, 64, 64) and sum(rendered) == 40
     exp = build_experiment(cfg, lazy_data=True)
     assert isinstance(exp.x_train, LazyImages)
+
+
+def test_npz_images_are_read_chunk_by_chunk(tmp_path):
+    """The .npz reader packs the file's images a chunk at a time: same bits as packing them whole, and a
+    non-binary pixel in a later chunk is still found."""
+    from pyro_decomp.data.dsprites import _read_packed_imgs
+
+    rng = np.random.default_rng(2)
+    imgs = (rng.random((5, 64, 64)) < 0.2).astype(np.uint8)
+    path = tmp_path / "chunks.npz"
+    np.savez_compressed(path, imgs=imgs, latents_classes=np.zeros((5, 6), np.int64))
+    with np.load(path, allow_pickle=False) as archive:
+        packed = _read_packed_imgs(archive, path, chunk_images=2)  # chunks of 2, 2 and 1 images
+    np.testing.assert_array_equal(packed, np.packbits(imgs.reshape(5, -1), axis=1))
+    imgs[4, 10, 10] = 255
+    np.savez_compressed(path, imgs=imgs, latents_classes=np.zeros((5, 6), np.int64))
+    with np.load(path, allow_pickle=False) as archive, pytest.raises(ValueError, match="found 255"):
+        _read_packed_imgs(archive, path, chunk_images=2)

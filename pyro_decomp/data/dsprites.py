@@ -417,8 +417,43 @@ def save_image_grid(
     return path
 
 
+def _check_image_shape(shape: tuple[int, ...], path: Path) -> None:
+    if len(shape) != 3 or tuple(shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE):
+        raise ValueError(f"'imgs' in {path} must have shape [N, 64, 64] (64 x 64 binary images), got {list(shape)}")
+
+
+def _read_packed_imgs(archive: np.lib.npyio.NpzFile, path: Path, chunk_images: int = 16384) -> np.ndarray | None:
+    """``imgs`` of the archive bit-packed, ``[N, 512]`` ``uint8``, read ``chunk_images`` images at a time so the
+    file's images never exist whole in memory (3 GB as uint8 for the full grid, which is stored compressed).
+    ``None`` when the member is not a plain C-order ``.npy`` (then it is read whole, as before)."""
+    fmt = np.lib.format
+    with archive.zip.open("imgs.npy") as f:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shape, fortran_order, dtype = fmt.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = fmt.read_array_header_2_0(f)
+        else:
+            return None
+        if dtype.hasobject or fortran_order:
+            return None  # the whole-array path names object arrays; Fortran order is rare
+        _check_image_shape(shape, path)
+        pixels = IMAGE_SIZE * IMAGE_SIZE
+        packed = np.empty((shape[0], pixels // 8), dtype=np.uint8)
+        for start in range(0, shape[0], chunk_images):
+            count = min(chunk_images, shape[0] - start)
+            data = f.read(count * pixels * dtype.itemsize)
+            if len(data) != count * pixels * dtype.itemsize:
+                raise EOFError("the images end early")
+            chunk = np.frombuffer(data, dtype=dtype).reshape(count, pixels)
+            packed[start : start + count] = np.packbits(_binary_images(chunk, path), axis=1)
+        f.read()  # to the end of the member, so zipfile checks its CRC
+    return packed
+
+
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``imgs`` and ``latents_classes`` of ``path``; any unreadable file is a ``ValueError`` naming it."""
+    """``imgs`` (bit-packed, ``[N, 512]`` ``uint8``; see :func:`_read_packed_imgs`) and ``latents_classes`` of
+    ``path``; any unreadable file is a ``ValueError`` naming it."""
     import zipfile
     import zlib
 
@@ -438,7 +473,16 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
                 )
             for key in ("imgs", "latents_classes"):
                 try:
+                    if key == "imgs":
+                        packed = _read_packed_imgs(archive, path)
+                        if packed is not None:
+                            arrays[key] = packed
+                            continue
                     arrays[key] = np.asarray(archive[key])
+                    if key == "imgs":
+                        _check_image_shape(arrays[key].shape, path)
+                        images = _binary_images(arrays[key], path)
+                        arrays[key] = np.packbits(images.reshape(images.shape[0], -1), axis=1)
                 except ValueError as e:
                     if "allow_pickle" not in str(e):
                         raise
@@ -665,16 +709,12 @@ class DSprites(GroundTruthDataset, torch.utils.data.Dataset):
             raise ValueError(f"{str(path)!r} is a directory; pass the dSprites .npz file itself. {_NPZ_HELP}")
         if not path.is_file():
             raise FileNotFoundError(f"dSprites file not found at {str(path)!r}. {_NPZ_HELP}")
-        images, classes = _read_npz(path)
-        if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-            raise ValueError(
-                f"'imgs' in {path} must have shape [N, 64, 64] (64 x 64 binary images), got {list(images.shape)}"
-            )
-        if images.shape[0] == 0:
+        packed, classes = _read_npz(path)  # images bit-packed, 512 bytes each (377 MB for the full grid)
+        if packed.shape[0] == 0:
             raise ValueError(f"'imgs' in {path} holds no images. {_NPZ_HELP}")
-        if classes.shape != (images.shape[0], 6):
+        if classes.shape != (packed.shape[0], 6):
             raise ValueError(
-                f"'latents_classes' in {path} must have shape [N, 6] = {[images.shape[0], 6]} (colour, shape, scale, "
+                f"'latents_classes' in {path} must have shape [N, 6] = {[packed.shape[0], 6]} (colour, shape, scale, "
                 f"orientation, pos_x, pos_y per image), got {list(classes.shape)}"
             )
         dataset = cls(device=device)
@@ -682,15 +722,13 @@ class DSprites(GroundTruthDataset, torch.utils.data.Dataset):
         classes = dataset.validate_factors(
             classes, name=f"'latents_classes' in {path}", sizes=(1, *DSPRITES_FACTOR_SIZES)
         )
-        images = _binary_images(images, path)
         factors = classes[:, 1:]
         flat = dataset.factors_to_index(factors)
         if np.unique(flat).size != flat.size:
             raise ValueError(f"'latents_classes' in {path} lists a factor combination twice")
         row_of_index = np.full(int(np.prod(DSPRITES_FACTOR_SIZES)), -1, dtype=np.int64)
         row_of_index[flat] = np.arange(flat.size)
-        # bit-packed: 512 bytes an image instead of the file's 4,096 (377 MB for the full grid, not 3 GB)
-        dataset._packed = np.packbits(images.reshape(images.shape[0], -1), axis=1)
+        dataset._packed = packed
         dataset._classes = factors
         dataset._row_of_index = row_of_index
         return dataset

@@ -530,6 +530,10 @@ class DSprites(GroundTruthDataset, torch.utils.data.Dataset):
     :meth:`from_npz` serves the official file's images instead. Items are
     ``(image [1, 64, 64] float in {0, 1}, factors [5] long)``.
 
+    Memory: ``DSprites()`` holds no images; :meth:`from_npz` holds the file's images bit-packed (512 bytes
+    an image, 377 MB for the full grid). :meth:`packed_rows` renders a training set once into a
+    :class:`PackedImages`, which gives float32 images one minibatch at a time.
+
     :param device: device the rendered images are created on.
 
     >>> data = DSprites()

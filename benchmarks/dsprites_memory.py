@@ -18,6 +18,12 @@ from ``os.wait4`` (the kernel's ``ru_maxrss`` of that child alone). Cases:
 ``analyse``
     ``pyro-decomp analyse --nuts 0`` of that run. Beware: the analysis itself (not the data loading, which
     is the test split only) needs ~20 GB on dSprites at present.
+``speed``
+    in this process, interleaved: SVI steps of the thesis-5.6 model (batch 64, one thread) fed by the old
+    data path (a float32 tensor of all the images and a fresh ``randperm`` every step) and by the new one
+    (:class:`~pyro_decomp.data.dsprites.PackedImages` unpacked per batch, one permutation per epoch), at
+    ``--speed-images`` images (the old path needs them all as float32, so not the paper size); and the
+    batch fetch alone at the paper size. Min over ``--repeats`` of ``--speed-steps`` steps each.
 ``build``
     only the data build of ``build_experiment`` at ``--build-images`` training images (for the code before
     this change, whose paper-size build, 12 GB of float32 and ~24 GB at the peak of ``torch.cat``, does
@@ -86,16 +92,81 @@ def _check(code: int, out: str, what: str) -> None:
         raise SystemExit(f"{what} failed (exit {code}):\n{out[-3000:]}")
 
 
+def speed(num_images: int, steps: int, repeats: int) -> None:
+    """Steps/s of the old and the new dSprites data path, same process, interleaved (see the module doc)."""
+    import math
+
+    import torch
+
+    from pyro_decomp.config import load_experiment
+    from pyro_decomp.runner import _make_trainer, build_experiment
+
+    torch.set_num_threads(1)
+    cfg = load_experiment("thesis-5.6", size="smoke", overrides={"data.num_images": num_images})
+    exp = build_experiment(cfg)
+    floats = exp.x_train.unpack()
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = _make_trainer(exp, Path(tmp), progress=False)
+    n, b, seed = trainer.num_data, trainer.batch_size, trainer.seed
+
+    def old_batch(step: int):  # the Trainer's batch before this change
+        per_epoch = math.ceil(n / b)
+        epoch, i = divmod(step, per_epoch)
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        perm = torch.randperm(n, generator=g)
+        return floats[perm[i * b : (i + 1) * b]]
+
+    def timed(fetch, train: bool) -> float:
+        start = time.perf_counter()
+        for step in range(steps):
+            batch = fetch(step)
+            if train:
+                trainer.svi.step(batch, dataset_size=n)
+        return (time.perf_counter() - start) / steps
+
+    best = {k: math.inf for k in ("old step", "new step", "old fetch", "new fetch")}
+    for _ in range(repeats):
+        best["old step"] = min(best["old step"], timed(old_batch, True))
+        best["new step"] = min(best["new step"], timed(trainer._batch, True))
+        best["old fetch"] = min(best["old fetch"], timed(old_batch, False))
+        best["new fetch"] = min(best["new fetch"], timed(trainer._batch, False))
+    print(f"speed  {num_images} images: old {1 / best['old step']:.2f} steps/s, new {1 / best['new step']:.2f} "
+          f"steps/s (ratio new/old {best['old step'] / best['new step']:.3f}); batch fetch alone: old "
+          f"{best['old fetch'] * 1e3:.3f} ms, new {best['new fetch'] * 1e3:.3f} ms")
+    # the fetch at the paper size: the old randperm of 737,280 every step against the new cached one
+    full = 737_280
+    packed = type(exp.x_train)(exp.x_train.packed[torch.randint(num_images, (full,))], exp.x_train.image_shape)
+    cache: dict[int, torch.Tensor] = {}
+
+    def old_full(step: int):
+        g = torch.Generator().manual_seed(seed * 1_000_003)
+        return floats[torch.randperm(full, generator=g)[step * b : (step + 1) * b] % num_images]
+
+    def new_full(step: int):
+        if 0 not in cache:
+            cache[0] = torch.randperm(full, generator=torch.Generator().manual_seed(seed * 1_000_003))
+        return packed[cache[0][step * b : (step + 1) * b]]
+
+    old_t = min(timed(old_full, False) for _ in range(repeats))
+    new_t = min(timed(new_full, False) for _ in range(repeats))
+    print(f"speed  batch fetch at 737,280 images: old {old_t * 1e3:.3f} ms, new {new_t * 1e3:.3f} ms a step")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cases", default="run,sweep,eval", help="comma-separated: run, sweep, eval, build")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--sweep-steps", type=int, default=300)
     p.add_argument("--build-images", default="100000", help="training images for the build case, or null")
+    p.add_argument("--speed-images", type=int, default=100_000)
+    p.add_argument("--speed-steps", type=int, default=100)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--extra", nargs="*", default=[], help="more config overrides for every run")
     args = p.parse_args()
     cases = set(args.cases.split(","))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.environ.get("PYTHONPATH", os.getcwd())}
+    if "speed" in cases:
+        speed(args.speed_images, args.speed_steps, args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if "build" in cases:

@@ -26,6 +26,8 @@ def test_pack_bits_is_numpys_packbits_and_unpack_inverts_it():
     back = unpack_bits(packed, (1, 64, 64))
     assert back.dtype == torch.float32
     np.testing.assert_array_equal(back.numpy(), images.astype(np.float32))
+    for dtype in (torch.float64, torch.uint8, torch.bool):  # the table path and the shift path
+        np.testing.assert_array_equal(unpack_bits(packed, (1, 64, 64), dtype).numpy(), images.astype(np.float32))
     with pytest.raises(ValueError, match="multiple of 8 pixels"):
         pack_bits(torch.zeros(2, 3, 3))
     with pytest.raises(ValueError, match="binary images"):

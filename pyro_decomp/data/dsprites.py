@@ -38,6 +38,7 @@ window around its centre (which always contains the shape) and scatters it into 
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Sequence
@@ -207,8 +208,8 @@ def pack_bits(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     [[129]]
     """
     images = torch.as_tensor(images)
-    if images.dim() < 1 or images.shape[0] == 0 and images.dim() < 2:
-        raise ValueError(f"images must have shape [n, ...], got {tuple(images.shape)}")
+    if images.dim() < 2:
+        raise ValueError(f"images must have shape [n, ...] (one row per image), got {tuple(images.shape)}")
     n = images.shape[0]
     flat = images.reshape(n, -1)
     if flat.shape[1] % 8:
@@ -221,10 +222,21 @@ def pack_bits(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     return (flat.reshape(n, -1, 8).to(torch.uint8) * weights).sum(-1, dtype=torch.uint8)
 
 
+@functools.lru_cache(maxsize=8)
+def _byte_bits(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``[256, 8]``: the bits of each byte value, most significant first (np.packbits' order)."""
+    values = torch.arange(256, device=device)[:, None]
+    return ((values >> torch.arange(7, -1, -1, device=device)) & 1).to(dtype)
+
+
 def unpack_bits(
     packed: torch.Tensor, image_shape: Sequence[int], dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
     """Inverse of :func:`pack_bits`: ``[n, P / 8]`` ``uint8`` to ``[n, *image_shape]`` of 0/1 in ``dtype``."""
+    if dtype.is_floating_point:
+        # one gather from a 256 x 8 table of each byte's bits: about twice as fast as shifting and masking
+        table = _byte_bits(packed.device, dtype)
+        return torch.nn.functional.embedding(packed.long(), table).reshape(packed.shape[0], *image_shape)
     shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=packed.device)
     bits = (packed.unsqueeze(-1) >> shifts) & 1
     return bits.reshape(packed.shape[0], *image_shape).to(dtype)

@@ -61,7 +61,7 @@ class Experiment:
     config: ExperimentConfig
     vae: Any
     elbo: Any
-    x_train: torch.Tensor
+    x_train: Any  # a tensor; for dSprites a PackedImages (training) or LazyImages (a reloaded run)
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
@@ -125,14 +125,19 @@ def _build_divergence(cfg: ExperimentConfig):
     }[m.divergence]()
 
 
-def _dsprites_data(cfg: ExperimentConfig):
+def _dsprites_data(cfg: ExperimentConfig, *, lazy_train: bool = False):
     """``(dataset, x_train, y_train, x_test, y_test)``: disjoint uniform subsets of the dSprites grid.
 
     ``data.num_images`` training images and ``data.test_images`` held-out ones, drawn with ``data.seed``;
     ``data.num_images=null`` trains on the whole grid (as the thesis does), and the test images are then a
     subset of it. ``y`` are the ``[n, 5]`` integer factors.
+
+    ``x_train`` is never a float tensor of all the training images (12 GB for the whole grid): it is a
+    :class:`~pyro_decomp.data.dsprites.PackedImages` (rendered once, 512 bytes an image, turned into floats
+    per minibatch), or with ``lazy_train`` a :class:`~pyro_decomp.data.dsprites.LazyImages` that renders
+    only the rows asked for (reloading a run to evaluate it). ``x_test`` is a float tensor.
     """
-    from .data.dsprites import DSprites
+    from .data.dsprites import DSprites, LazyImages
 
     d = cfg.data
     dataset = DSprites.from_npz(d.npz) if d.npz else DSprites()
@@ -150,29 +155,30 @@ def _dsprites_data(cfg: ExperimentConfig):
     test_idx = np.sort(perm[:n_test])
     train_idx = np.arange(total) if d.num_images is None else np.sort(perm[n_test : n_test + n_train])
 
-    def load(idx):
-        if d.npz:
-            rows = idx  # file row order
-            x = torch.from_numpy(dataset._images[rows].astype(np.float32)[:, None])
-            return x, torch.from_numpy(dataset._classes[rows].copy())
-        factors = dataset.index_to_factors(idx)
-        chunks = [dataset.render_factors(factors[i : i + 8192]) for i in range(0, len(factors), 8192)]
-        return torch.cat(chunks), torch.from_numpy(factors)
-
-    x_train, y_train = load(train_idx)
-    x_test, y_test = load(test_idx)
+    # rows are file rows for data.npz and flat grid indices for the renderer (DSprites' row order either way)
+    y_train = torch.from_numpy(dataset.factors_of_rows(train_idx))
+    if lazy_train:
+        x_train = LazyImages(lambda rows: dataset.images_of_rows(train_idx[rows]), train_idx.size,
+                             dataset.observation_shape)  # fmt: skip
+    else:
+        x_train = dataset.packed_rows(train_idx)
+    x_test, y_test = dataset.images_of_rows(test_idx), torch.from_numpy(dataset.factors_of_rows(test_idx))
     return dataset, x_train, y_train, x_test, y_test
 
 
-def build_experiment(cfg: ExperimentConfig) -> Experiment:
-    """Seed everything with ``train.seed`` and build data, VAE and :class:`~pyro_decomp.DecompositionELBO`."""
+def build_experiment(cfg: ExperimentConfig, *, lazy_data: bool = False) -> Experiment:
+    """Seed everything with ``train.seed`` and build data, VAE and :class:`~pyro_decomp.DecompositionELBO`.
+
+    :param lazy_data: dSprites: make training images only when asked for (to evaluate a trained model)
+        instead of rendering them all for training.
+    """
     from .data.pinwheel import pinwheel_splits
     from .elbo import DecompositionELBO
     from .models import VAE, GaussianLikelihood
     from .models.networks import build_networks
 
     if cfg.data.name == "dsprites":
-        return _build_image_experiment(cfg)
+        return _build_image_experiment(cfg, lazy_data=lazy_data)
     if cfg.data.name != "pinwheel":
         raise ConfigError(f"data.name: choose pinwheel or dsprites, got {cfg.data.name!r}.")
     d = cfg.data
@@ -205,13 +211,13 @@ def build_experiment(cfg: ExperimentConfig) -> Experiment:
     return Experiment(cfg, vae, elbo, splits.x_train, splits.y_train, splits.x_test, splits.y_test)
 
 
-def _build_image_experiment(cfg: ExperimentConfig) -> Experiment:
+def _build_image_experiment(cfg: ExperimentConfig, *, lazy_data: bool = False) -> Experiment:
     """dSprites: image networks, Bernoulli likelihood (``event_dim=3``), minibatches scaled to ``dataset_size``."""
     from .elbo import DecompositionELBO
     from .models import VAE, BernoulliLikelihood
     from .models.networks import build_networks
 
-    dataset, x_train, y_train, x_test, y_test = _dsprites_data(cfg)
+    dataset, x_train, y_train, x_test, y_test = _dsprites_data(cfg, lazy_train=lazy_data)
     _seed_everything(cfg.train.seed)
     m = cfg.model
     encoder, decoder = build_networks(m.networks, latent_dim=m.latent_dim)
@@ -392,7 +398,7 @@ def _restore_run(run_dir: str | Path, *, device: str = "cpu") -> Experiment:
         raise FileNotFoundError(_no_checkpoint_message(run_dir, "evaluate"))
     state = load_checkpoint(path)
     _refuse_nonfinite(state, path)
-    exp = build_experiment(cfg)
+    exp = build_experiment(cfg, lazy_data=True)  # evaluation renders only the images it evaluates
     load_module_state(exp.vae, state["module"], path)
     exp.vae.to(device)
     if hasattr(exp.elbo, "load_state_dict"):
@@ -409,6 +415,8 @@ def load_run(run_dir: str | Path, *, split: str = "test", device: str = "cpu") -
         raise ValueError(f"split must be 'test' or 'train', got {split!r}.")
     exp = _restore_run(run_dir, device=device)
     x = exp.x_test if split == "test" else exp.x_train
+    if not isinstance(x, torch.Tensor):  # dSprites training images: all of them, as floats
+        x = x[:]
     return exp.vae, x.to(resolve_device(device))
 
 

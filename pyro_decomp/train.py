@@ -379,7 +379,9 @@ class Trainer:
     :param guide: the Pyro guide, same signature.
     :param elbo: the loss, normally a :class:`~pyro_decomp.DecompositionELBO`; its ``last_terms`` are
         logged after each step and checked for non-finite values.
-    :param data: the training data ``[n, ...]``; moved to ``device``.
+    :param data: the training data ``[n, ...]``, a tensor or a
+        :class:`~pyro_decomp.data.dsprites.PackedImages` (bit-packed binary images, turned into float32 one
+        minibatch at a time); moved to ``device``.
     :param run_dir: where ``checkpoint.pt``, ``checkpoints/``, ``logs/train.jsonl`` and TensorBoard
         events go.
     :param steps: total number of SVI steps (a resumed run continues up to this number).
@@ -427,8 +429,10 @@ class Trainer:
             raise TypeError(f"module must be a torch.nn.Module holding the parameters, got {type(module).__name__}.")
         if not callable(model) or not callable(guide):
             raise TypeError("model and guide must be callables (Pyro programs).")
-        if not torch.is_tensor(data) or data.dim() < 1 or data.shape[0] < 1:
-            raise ValueError("data must be a tensor with at least one row, shape [n, ...].")
+        from .data.dsprites import PackedImages
+
+        if not (torch.is_tensor(data) or isinstance(data, PackedImages)) or data.dim() < 1 or data.shape[0] < 1:
+            raise ValueError("data must be a tensor (or PackedImages) with at least one row, shape [n, ...].")
         for name, value, low in (("steps", steps, 0), ("checkpoint_every", checkpoint_every, 1),
                                  ("keep_checkpoints", keep_checkpoints, 1), ("log_every", log_every, 1)):  # fmt: skip
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -441,6 +445,9 @@ class Trainer:
         self.data = data.to(self.device)
         self.num_data = int(self.data.shape[0])
         self.batch_size = None if batch_size is None or batch_size >= self.num_data else int(batch_size)
+        if self.batch_size is None and isinstance(self.data, PackedImages):
+            self.data = self.data.unpack()  # full batch: every step uses every image
+        self._perm: tuple[int, torch.Tensor] | None = None  # (epoch, its permutation), drawn once per epoch
         self.run_dir = Path(run_dir)
         self.steps = steps
         self.seed = int(seed)
@@ -627,10 +634,13 @@ class Trainer:
             return self.data
         per_epoch = math.ceil(self.num_data / self.batch_size)
         epoch, i = divmod(step, per_epoch)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        perm = torch.randperm(self.num_data, generator=g)
-        idx = perm[i * self.batch_size : (i + 1) * self.batch_size]
-        return self.data[idx.to(self.device)]
+        if self._perm is None or self._perm[0] != epoch:
+            # the same permutation as before (it depends only on the seed and the epoch), drawn once per epoch
+            # rather than every step: a randperm of the 737,280 dSprites images costs milliseconds
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = (epoch, torch.randperm(self.num_data, generator=g).to(self.device))
+        idx = self._perm[1][i * self.batch_size : (i + 1) * self.batch_size]
+        return self.data[idx]
 
     def _check_params(self) -> None:
         """Every parameter of ``module`` must reach the optimiser; a silent gap would freeze it."""

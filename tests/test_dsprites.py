@@ -359,7 +359,7 @@ def test_from_npz_accepts_binary_float_and_bool_images(tmp_path):
         np.savez(path, imgs=imgs.astype(dtype), latents_classes=np.load(path)["latents_classes"])
         data = DSprites.from_npz(path)
         np.testing.assert_array_equal(data[1][0][0].numpy(), imgs[1])
-        assert data._images.dtype == np.uint8
+        assert data._packed.dtype == np.uint8 and data._packed.shape == (2, 512)  # bit-packed, 8 pixels a byte
 
 
 def test_from_npz_directory_is_named(tmp_path):

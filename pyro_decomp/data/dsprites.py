@@ -38,6 +38,7 @@ window around its centre (which always contains the shape) and scatters it into 
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Sequence
@@ -54,7 +55,11 @@ __all__ = [
     "DSPRITES_SHAPES",
     "DSPRITES_OOD_SHAPES",
     "DSprites",
+    "LazyImages",
+    "PackedImages",
+    "pack_bits",
     "render_dsprites",
+    "unpack_bits",
     "flip_pixels",
     "invert_colours",
     "save_image_grid",
@@ -190,6 +195,171 @@ def _render_chunk(
     return image.reshape(batch, 1, IMAGE_SIZE, IMAGE_SIZE)
 
 
+# ---------------------------------------------------------------------------------------------- compact storage
+_BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)  # np.packbits' default (big) bit order: first pixel in the top bit
+
+
+def pack_bits(images: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Bit-pack binary ``images [n, ...]`` to ``[n, P / 8]`` ``uint8``, 8 pixels a byte, where ``P`` is the
+    number of pixels per image (a multiple of 8). Same layout as ``np.packbits(images.reshape(n, -1), axis=1)``,
+    computed with torch on the images' device.
+
+    >>> pack_bits(torch.tensor([[1, 0, 0, 0, 0, 0, 0, 1]])).tolist()
+    [[129]]
+    """
+    images = torch.as_tensor(images)
+    if images.dim() < 2:
+        raise ValueError(f"images must have shape [n, ...] (one row per image), got {tuple(images.shape)}")
+    n = images.shape[0]
+    flat = images.reshape(n, -1)
+    if flat.shape[1] % 8:
+        raise ValueError(f"each image needs a multiple of 8 pixels to be bit-packed, got {flat.shape[1]}")
+    if flat.dtype != torch.bool:
+        if not bool(((flat == 0) | (flat == 1)).all()):
+            raise ValueError("pack_bits needs binary images (every pixel 0 or 1)")
+        flat = flat != 0
+    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=flat.device)
+    return (flat.reshape(n, -1, 8).to(torch.uint8) * weights).sum(-1, dtype=torch.uint8)
+
+
+@functools.lru_cache(maxsize=8)
+def _byte_bits(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``[256, 8]``: the bits of each byte value, most significant first (np.packbits' order)."""
+    values = torch.arange(256, device=device)[:, None]
+    return ((values >> torch.arange(7, -1, -1, device=device)) & 1).to(dtype)
+
+
+def unpack_bits(
+    packed: torch.Tensor, image_shape: Sequence[int], dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`: ``[n, P / 8]`` ``uint8`` to ``[n, *image_shape]`` of 0/1 in ``dtype``."""
+    if dtype.is_floating_point:
+        # one gather from a 256 x 8 table of each byte's bits: about twice as fast as shifting and masking
+        table = _byte_bits(packed.device, dtype)
+        return torch.nn.functional.embedding(packed.long(), table).reshape(packed.shape[0], *image_shape)
+    shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=packed.device)
+    bits = (packed.unsqueeze(-1) >> shifts) & 1
+    return bits.reshape(packed.shape[0], *image_shape).to(dtype)
+
+
+class PackedImages:
+    """Binary images ``[n, *image_shape]`` held bit-packed (8 pixels a byte, :func:`pack_bits`) and turned into
+    ``float32`` only for the rows asked for: indexing returns a float tensor, as indexing the float tensor
+    of all the images would, at 1/32 of its memory (the 737,280 dSprites images: 377 MB instead of 12 GB).
+
+    It offers the part of the tensor interface the :class:`~pyro_decomp.train.Trainer` and the evaluation
+    use: ``shape``, ``len``, ``dim()``, ``to(device)``, ``split(size)`` and ``[index]``.
+
+    :param packed: ``[n, prod(image_shape) / 8]`` ``uint8`` tensor from :func:`pack_bits`.
+    :param image_shape: the shape of one image, e.g. ``(1, 64, 64)``.
+
+    >>> images = torch.tensor([[[[0.0, 1.0] * 4] * 8]])  # [1, 1, 8, 8]
+    >>> packed = PackedImages(pack_bits(images), (1, 8, 8))
+    >>> packed.nbytes, torch.equal(packed[0:1], images)
+    (8, True)
+    """
+
+    def __init__(self, packed: torch.Tensor, image_shape: Sequence[int]) -> None:
+        if not isinstance(packed, torch.Tensor) or packed.dtype != torch.uint8 or packed.dim() != 2:
+            raise TypeError("packed must be a 2-D uint8 tensor from pack_bits")
+        self.image_shape = tuple(int(s) for s in image_shape)
+        if packed.shape[1] * 8 != math.prod(self.image_shape):
+            raise ValueError(
+                f"packed rows hold {packed.shape[1] * 8} pixels but image_shape {self.image_shape} has "
+                f"{math.prod(self.image_shape)}"
+            )
+        self.packed = packed
+
+    @classmethod
+    def from_images(cls, images: torch.Tensor | np.ndarray) -> PackedImages:
+        """Pack binary ``images [n, ...]``."""
+        images = torch.as_tensor(images)
+        return cls(pack_bits(images), tuple(images.shape[1:]))
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.packed.shape[0], *self.image_shape))
+
+    @property
+    def device(self) -> torch.device:
+        return self.packed.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32  # what indexing returns
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (the packed array)."""
+        return self.packed.numel() * self.packed.element_size()
+
+    def __len__(self) -> int:
+        return int(self.packed.shape[0])
+
+    def dim(self) -> int:
+        return 1 + len(self.image_shape)
+
+    def __getitem__(self, index: object) -> torch.Tensor:
+        rows = self.packed[index]
+        if rows.dim() == 1:  # a single image
+            return unpack_bits(rows[None], self.image_shape)[0]
+        return unpack_bits(rows, self.image_shape)
+
+    def unpack(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """All the images as one ``dtype`` tensor (``32 x nbytes`` for float32)."""
+        return unpack_bits(self.packed, self.image_shape, dtype)
+
+    def to(self, device: torch.device | str | None = None) -> PackedImages:
+        """The same images on ``device`` (still packed)."""
+        return PackedImages(self.packed.to(device), self.image_shape)
+
+    def split(self, size: int):
+        """Float chunks of ``size`` images, like :meth:`torch.Tensor.split`."""
+        return (self[i : i + size] for i in range(0, len(self), size))
+
+    def __repr__(self) -> str:
+        return f"PackedImages(shape={tuple(self.shape)}, nbytes={self.nbytes}, device={self.device})"
+
+
+class LazyImages:
+    """Images ``[n, *image_shape]`` made only when asked for: ``loader(rows)`` returns the float images of
+    ``rows`` (``int64 [k]``, positions ``0..n-1``). A reloaded run's training images are this, so evaluating
+    it renders only the images it evaluates. Same interface as :class:`PackedImages`."""
+
+    def __init__(self, loader, num: int, image_shape: Sequence[int]) -> None:
+        self._loader = loader
+        self._num = int(num)
+        self.image_shape = tuple(int(s) for s in image_shape)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self._num, *self.image_shape))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def __len__(self) -> int:
+        return self._num
+
+    def dim(self) -> int:
+        return 1 + len(self.image_shape)
+
+    def __getitem__(self, index: object) -> torch.Tensor:
+        if isinstance(index, torch.Tensor):
+            index = index.cpu().numpy()
+        rows = np.arange(self._num)[index]
+        if np.ndim(rows) == 0:
+            return self._loader(np.asarray([rows]))[0]
+        return self._loader(np.asarray(rows, dtype=np.int64))
+
+    def split(self, size: int):
+        return (self[i : i + size] for i in range(0, len(self), size))
+
+    def __repr__(self) -> str:
+        return f"LazyImages(shape={tuple(self.shape)})"
+
+
 def flip_pixels(images: torch.Tensor, probability: float, random_state: RandomState | torch.Generator) -> torch.Tensor:
     """Pixel-flip noise: each pixel of binary ``images`` is flipped (0 <-> 1) with ``probability``.
 
@@ -259,8 +429,43 @@ def save_image_grid(
     return path
 
 
+def _check_image_shape(shape: tuple[int, ...], path: Path) -> None:
+    if len(shape) != 3 or tuple(shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE):
+        raise ValueError(f"'imgs' in {path} must have shape [N, 64, 64] (64 x 64 binary images), got {list(shape)}")
+
+
+def _read_packed_imgs(archive: np.lib.npyio.NpzFile, path: Path, chunk_images: int = 16384) -> np.ndarray | None:
+    """``imgs`` of the archive bit-packed, ``[N, 512]`` ``uint8``, read ``chunk_images`` images at a time so the
+    file's images never exist whole in memory (3 GB as uint8 for the full grid, which is stored compressed).
+    ``None`` when the member is not a plain C-order ``.npy`` (then it is read whole, as before)."""
+    fmt = np.lib.format
+    with archive.zip.open("imgs.npy") as f:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shape, fortran_order, dtype = fmt.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = fmt.read_array_header_2_0(f)
+        else:
+            return None
+        if dtype.hasobject or fortran_order:
+            return None  # the whole-array path names object arrays; Fortran order is rare
+        _check_image_shape(shape, path)
+        pixels = IMAGE_SIZE * IMAGE_SIZE
+        packed = np.empty((shape[0], pixels // 8), dtype=np.uint8)
+        for start in range(0, shape[0], chunk_images):
+            count = min(chunk_images, shape[0] - start)
+            data = f.read(count * pixels * dtype.itemsize)
+            if len(data) != count * pixels * dtype.itemsize:
+                raise EOFError("the images end early")
+            chunk = np.frombuffer(data, dtype=dtype).reshape(count, pixels)
+            packed[start : start + count] = np.packbits(_binary_images(chunk, path), axis=1)
+        f.read()  # to the end of the member, so zipfile checks its CRC
+    return packed
+
+
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``imgs`` and ``latents_classes`` of ``path``; any unreadable file is a ``ValueError`` naming it."""
+    """``imgs`` (bit-packed, ``[N, 512]`` ``uint8``; see :func:`_read_packed_imgs`) and ``latents_classes`` of
+    ``path``; any unreadable file is a ``ValueError`` naming it."""
     import zipfile
     import zlib
 
@@ -280,7 +485,16 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
                 )
             for key in ("imgs", "latents_classes"):
                 try:
+                    if key == "imgs":
+                        packed = _read_packed_imgs(archive, path)
+                        if packed is not None:
+                            arrays[key] = packed
+                            continue
                     arrays[key] = np.asarray(archive[key])
+                    if key == "imgs":
+                        _check_image_shape(arrays[key].shape, path)
+                        images = _binary_images(arrays[key], path)
+                        arrays[key] = np.packbits(images.reshape(images.shape[0], -1), axis=1)
                 except ValueError as e:
                     if "allow_pickle" not in str(e):
                         raise
@@ -328,6 +542,10 @@ class DSprites(GroundTruthDataset, torch.utils.data.Dataset):
     :meth:`from_npz` serves the official file's images instead. Items are
     ``(image [1, 64, 64] float in {0, 1}, factors [5] long)``.
 
+    Memory: ``DSprites()`` holds no images; :meth:`from_npz` holds the file's images bit-packed (512 bytes
+    an image, 377 MB for the full grid). :meth:`packed_rows` renders a training set once into a
+    :class:`PackedImages`, which gives float32 images one minibatch at a time.
+
     :param device: device the rendered images are created on.
 
     >>> data = DSprites()
@@ -340,7 +558,8 @@ class DSprites(GroundTruthDataset, torch.utils.data.Dataset):
 
     def __init__(self, *, device: torch.device | str | None = None) -> None:
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self._images: np.ndarray | None = None  # [N, 64, 64] uint8 when backed by the official file
+        # [N, 512] uint8, 8 pixels a byte (np.packbits of the flattened 64 x 64 image), when backed by the file
+        self._packed: np.ndarray | None = None
         self._classes: np.ndarray | None = None  # [N, 5] factor classes of the file's rows
         self._row_of_index: np.ndarray | None = None  # [737280] row of each flat index, -1 when absent
 
@@ -361,13 +580,57 @@ class DSprites(GroundTruthDataset, torch.utils.data.Dataset):
         """Images ``[num, 1, 64, 64]`` for integer ``factors [num, 5]`` (rendering is deterministic,
         so ``random_state`` is unused)."""
         factors = self.validate_factors(factors)
-        if self._images is not None:
+        if self._packed is not None:
             rows = self._row_of_index[self.factors_to_index(factors)]
             if np.any(rows < 0):
                 missing = factors[rows < 0][0].tolist()
                 raise ValueError(f"the .npz file holds no image for factors {missing}; it is not the full grid")
-            return torch.from_numpy(self._images[rows].astype(np.float32)[:, None]).to(self.device)
+            return self._file_images(rows)
         return self.render_factors(factors)
+
+    def _file_images(self, rows: np.ndarray) -> torch.Tensor:
+        """Float images ``[k, 1, 64, 64]`` of the file's ``rows``, unpacked from the bit-packed store."""
+        packed = torch.from_numpy(self._packed[np.asarray(rows, dtype=np.int64)])
+        return unpack_bits(packed, self.observation_shape).to(self.device)
+
+    # ---- rows (file rows for the official file, flat grid indices for the renderer) ---------
+    def _check_rows(self, rows: np.ndarray | Sequence[int]) -> np.ndarray:
+        rows = np.atleast_1d(np.asarray(rows))
+        if rows.ndim != 1 or not (rows.size == 0 or np.issubdtype(rows.dtype, np.integer)):
+            raise TypeError(f"rows must be a 1-D array of integers, got shape {rows.shape} dtype {rows.dtype}")
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise ValueError(f"rows must lie in [0, {len(self)})")
+        return rows.astype(np.int64)
+
+    def factors_of_rows(self, rows: np.ndarray | Sequence[int]) -> np.ndarray:
+        """Integer factors ``[k, 5]`` of dataset rows (``__getitem__`` order)."""
+        rows = self._check_rows(rows)
+        return self._classes[rows].copy() if self._packed is not None else self.index_to_factors(rows)
+
+    def images_of_rows(self, rows: np.ndarray | Sequence[int]) -> torch.Tensor:
+        """Float images ``[k, 1, 64, 64]`` of dataset rows: rendered, or unpacked from the file's images."""
+        rows = self._check_rows(rows)
+        if self._packed is not None:
+            return self._file_images(rows)
+        return self.render_factors(self.index_to_factors(rows) if rows.size else np.zeros((0, 5), np.int64))
+
+    def packed_rows(self, rows: np.ndarray | Sequence[int], *, chunk_size: int = 8192) -> PackedImages:
+        """The images of dataset rows, bit-packed (:class:`PackedImages`, 512 bytes an image): rendered
+        ``chunk_size`` at a time and packed, so the float images of only one chunk exist at once."""
+        rows = self._check_rows(rows)
+        if self._packed is not None:
+            packed = torch.from_numpy(self._packed[rows])
+        else:
+            packed = torch.empty(rows.size, IMAGE_SIZE * IMAGE_SIZE // 8, dtype=torch.uint8)
+            for start in range(0, rows.size, chunk_size):
+                factors = self.index_to_factors(rows[start : start + chunk_size])
+                values = self.factor_values(factors)
+                chunk = render_dsprites(
+                    values["shape"], values["scale"], values["orientation"], values["pos_x"], values["pos_y"],
+                    device=self.device, dtype=torch.bool,
+                )  # fmt: skip
+                packed[start : start + chunk_size] = pack_bits(chunk).cpu()
+        return PackedImages(packed.to(self.device), self.observation_shape)
 
     # ---- conversions -----------------------------------------------------------------------
     @staticmethod
@@ -424,7 +687,7 @@ class DSprites(GroundTruthDataset, torch.utils.data.Dataset):
 
     # ---- torch Dataset ---------------------------------------------------------------------
     def __len__(self) -> int:
-        return int(np.prod(DSPRITES_FACTOR_SIZES)) if self._images is None else int(self._images.shape[0])
+        return int(np.prod(DSPRITES_FACTOR_SIZES)) if self._packed is None else int(self._packed.shape[0])
 
     def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(item, torch.Tensor):
@@ -435,9 +698,9 @@ class DSprites(GroundTruthDataset, torch.utils.data.Dataset):
         if not -n <= item < n:
             raise IndexError(f"index {item} out of range for {n} images")
         item = int(item) % n
-        if self._images is not None:
+        if self._packed is not None:
             factors = self._classes[item : item + 1]
-            image = torch.from_numpy(self._images[item].astype(np.float32)[None]).to(self.device)
+            image = self._file_images(np.array([item]))[0]
         else:
             factors = self.index_to_factors(item)
             image = self.render_factors(factors)[0]
@@ -462,16 +725,12 @@ class DSprites(GroundTruthDataset, torch.utils.data.Dataset):
             raise ValueError(f"{str(path)!r} is a directory; pass the dSprites .npz file itself. {_NPZ_HELP}")
         if not path.is_file():
             raise FileNotFoundError(f"dSprites file not found at {str(path)!r}. {_NPZ_HELP}")
-        images, classes = _read_npz(path)
-        if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-            raise ValueError(
-                f"'imgs' in {path} must have shape [N, 64, 64] (64 x 64 binary images), got {list(images.shape)}"
-            )
-        if images.shape[0] == 0:
+        packed, classes = _read_npz(path)  # images bit-packed, 512 bytes each (377 MB for the full grid)
+        if packed.shape[0] == 0:
             raise ValueError(f"'imgs' in {path} holds no images. {_NPZ_HELP}")
-        if classes.shape != (images.shape[0], 6):
+        if classes.shape != (packed.shape[0], 6):
             raise ValueError(
-                f"'latents_classes' in {path} must have shape [N, 6] = {[images.shape[0], 6]} (colour, shape, scale, "
+                f"'latents_classes' in {path} must have shape [N, 6] = {[packed.shape[0], 6]} (colour, shape, scale, "
                 f"orientation, pos_x, pos_y per image), got {list(classes.shape)}"
             )
         dataset = cls(device=device)
@@ -479,14 +738,13 @@ class DSprites(GroundTruthDataset, torch.utils.data.Dataset):
         classes = dataset.validate_factors(
             classes, name=f"'latents_classes' in {path}", sizes=(1, *DSPRITES_FACTOR_SIZES)
         )
-        images = _binary_images(images, path)
         factors = classes[:, 1:]
         flat = dataset.factors_to_index(factors)
         if np.unique(flat).size != flat.size:
             raise ValueError(f"'latents_classes' in {path} lists a factor combination twice")
         row_of_index = np.full(int(np.prod(DSPRITES_FACTOR_SIZES)), -1, dtype=np.int64)
         row_of_index[flat] = np.arange(flat.size)
-        dataset._images = images
+        dataset._packed = packed
         dataset._classes = factors
         dataset._row_of_index = row_of_index
         return dataset

@@ -413,7 +413,8 @@ def analyse(
     """Write ``posterior.nc``, ``posterior_nuts.nc``, ``amortisation.json`` and ``figures/*.png`` to ``out_dir``.
 
     * ``posterior.nc``: :func:`~pyro_decomp.analysis.to_inference_data` on all of ``x`` (``num_chains``
-      x ``num_draws`` encoder draws per datapoint);
+      x ``num_draws`` encoder draws per datapoint; for image data it runs in bounded chunks and its
+      pixel-level predictive groups keep only as many draws as fit in 2^22 values, see there);
     * ``posterior_nuts.nc``: :func:`~pyro_decomp.analysis.sample_posterior_nuts` on the first ``nuts``
       datapoints (``nuts=0`` skips NUTS);
     * ``amortisation.json``: :func:`amortisation_report` on those datapoints (on the first

@@ -394,6 +394,10 @@ def test_image_data_is_analysed_in_bounded_chunks_and_predictive_groups():
     assert z.shape == (chains, draws, n, 2)
     log_lik = dist.Bernoulli(logits=(z @ W_IMG).reshape(chains, draws, n, 64, 64)).log_prob(x).sum((-1, -2))
     np.testing.assert_allclose(idata.log_likelihood["x"].values, log_lik.numpy(), rtol=1e-5, atol=1e-3)
+    log_prior = dist.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    np.testing.assert_allclose(
+        idata.sample_stats["log_joint"].values, (log_prior + log_lik).numpy(), rtol=1e-5, atol=1e-3
+    )
     log_q = dist.Normal(_image_loc(x), 0.7).log_prob(z).sum(-1)
     np.testing.assert_allclose(idata.sample_stats["log_q"].values, log_q.numpy(), rtol=1e-5, atol=1e-4)
     # too many datapoints for even one predictive draw per chain: the groups are left out, nothing else

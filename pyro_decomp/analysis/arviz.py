@@ -550,7 +550,11 @@ def to_inference_data(
                 if keep is not None:
                     xs_b.append(x_pred[keep])
                 log_liks_b.append(obs_node["fn"].log_prob(xb).reshape(size, nb))
-                log_priors_b.append(log_joint(target, xb, z)[0])  # sums out enumerated sites
+                if target.enumerated:
+                    log_priors_b.append(log_joint(target, xb, z)[0])  # sums out enumerated sites
+                else:
+                    # the model trace above already holds the prior at z: no second decoder pass
+                    log_priors_b.append(sum(_site_log_prob(trace.nodes[name], size, nb) for name in sites))
                 zs_b.append(z)
                 log_qs_b.append(log_q)
                 start += size

@@ -47,7 +47,8 @@ Measured on the shared 2-core, 23 GB development machine (CPU, one thread per ru
 * ``analyse --nuts 0`` (peak RSS of ``python -m pyro_decomp analyse`` under ``/usr/bin/time -v``, a smoke
   ``thesis-5.6`` run with ``data.test_images`` edited in its ``config.yaml``): before 2,722 MB at 8 test
   images and 3,866 MB at 32 (~47 MB an image: ~47 GB at the paper's 1,000); after 1,446 MB at 8, 1,508 MB
-  at 32, 1,512 MB at the smoke default of 256 (5.3 min wall on the shared machine). ``--nuts 1`` at 8
+  at 32, 1,512 MB at the smoke default of 256 (5.3 min wall on the shared machine), 1,447 MB at the
+  paper's 1,000 (8.3 min). ``--nuts 1`` at 8
   images: 1,669 MB before, 1,304 MB after (NUTS itself dominates the time, 6-10 min).
 * ``speed`` at 100,000 images (40 steps x 3 repeats): old 4.69, new 4.79 steps/s (new/old 1.021); the
   batch fetch alone 0.99 ms old, 0.26 ms new; at 737,280 images 6.28 ms old (a randperm every step) against

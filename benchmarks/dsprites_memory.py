@@ -16,8 +16,10 @@ from ``os.wait4`` (the kernel's ``ru_maxrss`` of that child alone). Cases:
     ``pyro-decomp eval`` of the run written by ``run``: its peak RSS (it reloads the model and renders only
     the images it evaluates).
 ``analyse``
-    ``pyro-decomp analyse --nuts 0`` of that run. Beware: the analysis itself (not the data loading, which
-    is the test split only) needs ~20 GB on dSprites at present.
+    ``pyro-decomp analyse --nuts 0`` of that run (off by default: memory is now bounded, ~1.5 GB, but
+    ``posterior.nc`` of the 1,000 test images takes many CPU minutes). Before issue 10's fix the analysis
+    grew ~42-47 MB per test image (pixel-level predictive groups of 200 draws, and the decoder run on
+    256 draws x all images at once); see the measurements below.
 ``speed``
     in this process, interleaved: SVI steps of the thesis-5.6 model (batch 64, one thread) fed by the old
     data path (a float32 tensor of all the images and a fresh ``randperm`` every step) and by the new one
@@ -42,6 +44,12 @@ Measured on the shared 2-core, 23 GB development machine (CPU, one thread per ru
 * after: ``run`` at the paper size, 1,000 steps: peak 1,471 MB (1,439 MB in an earlier run); the data build
   alone peaks at 1,221 MB (819 MB at 100 images). ``sweep``, two at once, 300 steps: 1,478 + 1,494 =
   2,972 MB. ``eval`` of the 1,000-step run: 1,066-1,122 MB.
+* ``analyse --nuts 0`` (peak RSS of ``python -m pyro_decomp analyse`` under ``/usr/bin/time -v``, a smoke
+  ``thesis-5.6`` run with ``data.test_images`` edited in its ``config.yaml``): before 2,722 MB at 8 test
+  images and 3,866 MB at 32 (~47 MB an image: ~47 GB at the paper's 1,000); after 1,446 MB at 8, 1,508 MB
+  at 32, 1,512 MB at the smoke default of 256 (5.3 min wall on the shared machine), 1,447 MB at the
+  paper's 1,000 (8.3 min). ``--nuts 1`` at 8
+  images: 1,669 MB before, 1,304 MB after (NUTS itself dominates the time, 6-10 min).
 * ``speed`` at 100,000 images (40 steps x 3 repeats): old 4.69, new 4.79 steps/s (new/old 1.021); the
   batch fetch alone 0.99 ms old, 0.26 ms new; at 737,280 images 6.28 ms old (a randperm every step) against
   0.27 ms new.
@@ -166,7 +174,7 @@ def speed(num_images: int, steps: int, repeats: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--cases", default="run,sweep,eval", help="comma-separated: run, sweep, eval, build")
+    p.add_argument("--cases", default="run,sweep,eval", help="comma-separated: run, sweep, eval, analyse, build, speed")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--sweep-steps", type=int, default=300)
     p.add_argument("--build-images", default="100000", help="training images for the build case, or null")

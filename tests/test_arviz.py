@@ -344,3 +344,63 @@ def test_enumerated_discrete_sites_are_summed_out():
     np.testing.assert_allclose(idata.sample_stats["log_joint"].values[0], expected.numpy(), rtol=1e-5, atol=1e-5)
     nuts = sample_posterior_nuts((model, guide), x[:1], num_samples=30, warmup_steps=20, random_seed=0)
     assert nuts.posterior["z"].shape == (2, 30, 1, 2)
+
+
+# --- image data: bounded memory (issue 10) ---------------------------------------------------------------------------
+# A Bernoulli "decoder" on 64x64 images, logits = z @ W_IMG: 4096 values per datapoint, like dSprites.
+W_IMG = torch.randn(2, 64 * 64, generator=torch.Generator().manual_seed(3)) * 0.3
+
+
+def _image_pair(seen: list[int]):
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            logits = (z @ W_IMG).reshape(z.shape[:-1] + (64, 64))
+            seen.append(logits.numel())  # observed values this model call evaluates
+            pyro.sample("x", dist.Bernoulli(logits=logits).to_event(2), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(_image_loc(x), 0.7).to_event(1))
+
+    return model, guide
+
+
+def _image_loc(x):
+    return x.reshape(x.shape[0], -1)[:, :2] - 0.5
+
+
+def test_image_data_is_analysed_in_bounded_chunks_and_predictive_groups():
+    from pyro_decomp.analysis.arviz import CHUNK_VALUES, MAX_PREDICTIVE_VALUES
+
+    n, chains, draws = 8, 2, 100
+    x = torch.bernoulli(torch.full((n, 64, 64), 0.3), generator=torch.Generator().manual_seed(0))
+    seen: list[int] = []
+    idata = to_inference_data(_image_pair(seen), x, num_draws=draws, num_chains=chains, random_seed=0)
+    # one model call at a time sees at most CHUNK_VALUES observed values (all 200 draws x 8 images at once
+    # would be 6.6M; a 256-draw chunk of all 8 images 8.4M > 4.2M)
+    assert max(seen) <= CHUNK_VALUES
+    # the pixel-level predictive groups keep k draws per chain with chains * k * n * 4096 <= 2^22: k = 64
+    kept = MAX_PREDICTIVE_VALUES // (chains * n * 4096)
+    assert kept == 64
+    for group in ("posterior_predictive", "prior_predictive"):
+        values = getattr(idata, group)["x"].values
+        assert values.shape == (chains, kept, n, 64, 64)
+        assert values.size <= MAX_PREDICTIVE_VALUES and set(np.unique(values)) <= {0.0, 1.0}
+    assert idata.posterior.attrs["predictive_draws"] == kept
+    # every draw of the per-datapoint log likelihood (what PSIS-LOO needs) and of log q, and each matches an
+    # independent computation at the stored z: the datapoint blocks are joined in the right order
+    z = torch.as_tensor(idata.posterior["z"].values).float()  # [chain, draw, obs, 2]
+    assert z.shape == (chains, draws, n, 2)
+    log_lik = dist.Bernoulli(logits=(z @ W_IMG).reshape(chains, draws, n, 64, 64)).log_prob(x).sum((-1, -2))
+    np.testing.assert_allclose(idata.log_likelihood["x"].values, log_lik.numpy(), rtol=1e-5, atol=1e-3)
+    log_prior = dist.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    np.testing.assert_allclose(
+        idata.sample_stats["log_joint"].values, (log_prior + log_lik).numpy(), rtol=1e-5, atol=1e-3
+    )
+    log_q = dist.Normal(_image_loc(x), 0.7).log_prob(z).sum(-1)
+    np.testing.assert_allclose(idata.sample_stats["log_q"].values, log_q.numpy(), rtol=1e-5, atol=1e-4)
+    # too many datapoints for even one predictive draw per chain: the groups are left out, nothing else
+    small = to_inference_data(_image_pair([]), x, num_draws=3, max_predictive_values=4096, random_seed=0)
+    assert "posterior_predictive" not in small.groups() and "prior_predictive" not in small.groups()
+    assert small.log_likelihood["x"].shape == (1, 3, n) and small.posterior.attrs["predictive_draws"] == 0

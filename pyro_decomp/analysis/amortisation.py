@@ -64,6 +64,7 @@ import pyro.distributions as dist
 import torch
 
 from .arviz import (
+    CHUNK_VALUES,
     ModelTarget,
     _check_x,
     _guide_log_q,
@@ -96,6 +97,10 @@ REPORT_FILE = "amortisation.json"
 
 
 def _log_joint_chunked(target: ModelTarget, x: torch.Tensor, z: torch.Tensor, nesting: int, chunk: int) -> torch.Tensor:
+    # at most CHUNK_VALUES observed values per model call: image data (4096 pixels a datapoint) would
+    # otherwise run the decoder on chunk x n images at once (GBs of conv activations)
+    per_draw = x.numel()
+    chunk = max(1, min(chunk, CHUNK_VALUES // max(per_draw, 1)))
     parts = []
     for start in range(0, z.shape[0], chunk):
         log_prior, log_lik = log_joint(target, x, z[start : start + chunk], nesting=nesting)
@@ -408,7 +413,8 @@ def analyse(
     """Write ``posterior.nc``, ``posterior_nuts.nc``, ``amortisation.json`` and ``figures/*.png`` to ``out_dir``.
 
     * ``posterior.nc``: :func:`~pyro_decomp.analysis.to_inference_data` on all of ``x`` (``num_chains``
-      x ``num_draws`` encoder draws per datapoint);
+      x ``num_draws`` encoder draws per datapoint; for image data it runs in bounded chunks and its
+      pixel-level predictive groups keep only as many draws as fit in 2^22 values, see there);
     * ``posterior_nuts.nc``: :func:`~pyro_decomp.analysis.sample_posterior_nuts` on the first ``nuts``
       datapoints (``nuts=0`` skips NUTS);
     * ``amortisation.json``: :func:`amortisation_report` on those datapoints (on the first

@@ -71,6 +71,13 @@ __all__ = [
     "unflatten_sites",
 ]
 
+# Memory bounds of to_inference_data (values, i.e. float32 elements of the observed site): one decoder
+# call sees at most CHUNK_VALUES observed values (~16 MB of likelihood parameters; a conv decoder's
+# activations are a small multiple of that), and each pixel-level predictive group holds at most
+# MAX_PREDICTIVE_VALUES values (32 MB as float64). Tabular data is far below both.
+CHUNK_VALUES = 2**22
+MAX_PREDICTIVE_VALUES = 2**22
+
 # Predictive's default plate name would clash with nothing of ours, but our own particle plate is
 # named so that a user's model can never shadow it.
 _PARTICLES = "_pyro_decomp_particles"
@@ -457,6 +464,8 @@ def to_inference_data(
     obs_index: Sequence[int] | None = None,
     constant_data: Mapping[str, Any] | None = None,
     chunk_size: int = 256,
+    chunk_values: int = CHUNK_VALUES,
+    max_predictive_values: int = MAX_PREDICTIVE_VALUES,
     random_seed: int | None = None,
 ) -> az.InferenceData:
     """The amortised posterior of a trained model on data ``x`` as :class:`arviz.InferenceData`.
@@ -476,6 +485,21 @@ def to_inference_data(
 
     Coords: ``obs`` = ``obs_index`` (default ``0..n-1``), ``latent`` = ``0..D-1``.
 
+    Memory is bounded for image data (thousands of values per datapoint), where the pixel-level
+    groups would otherwise grow as draws x datapoints x pixels (~13 MB per 64x64 image at 200 draws):
+
+    * the model and guide run on at most ``chunk_size`` draws x a block of datapoints holding at most
+      ``chunk_values`` observed values (draws x datapoints x values per datapoint) at a time, all under
+      ``torch.no_grad()``; tabular data (a few values per datapoint) stays one block, as before;
+    * ``prior_predictive`` and ``posterior_predictive`` keep the first ``k`` draws of each chain, ``k``
+      the most draws whose ``chains x k x n x values per datapoint`` fit in ``max_predictive_values``
+      (all draws when they fit; the group is left out when not even one draw per chain fits). The group's
+      ``draw`` dim then differs from the posterior's; the ``predictive_draws`` /
+      ``prior_predictive_draws`` attrs say how many were kept. Draws are i.i.d. across ``draw``, so the
+      first ``k`` are an unbiased subsample.
+    * ``log_likelihood`` is always complete: per datapoint, summed over its pixels, ``(chain, draw,
+      obs)`` - exactly what PSIS-LOO (:func:`arviz.loo`) needs, and a fixed 8 bytes per draw and datapoint.
+
     >>> import torch
     >>> from pyro_decomp.models import VAE, IsotropicGaussianPrior, GaussianLikelihood
     >>> from pyro_decomp.models.networks import PinwheelEncoder, PinwheelDecoder
@@ -490,31 +514,77 @@ def to_inference_data(
     num_chains = _positive_int("num_chains", num_chains)
     num_prior_draws = num_draws if num_prior_draws is None else _positive_int("num_prior_draws", num_prior_draws)
     chunk_size = _positive_int("chunk_size", chunk_size)
+    chunk_values = _positive_int("chunk_values", chunk_values)
+    if isinstance(max_predictive_values, bool) or not isinstance(max_predictive_values, int) or max_predictive_values < 0:
+        raise ValueError(f"max_predictive_values must be a non-negative integer, got {max_predictive_values!r}.")
     n, obs_shape = x.shape[0], tuple(x.shape[1:])
     index = _obs_index(obs_index, n)
     total = num_chains * num_draws
+    obs_size = _site_size(obs_shape)
+    # datapoints per block: one block unless chunk_size draws of all of them exceed chunk_values values
+    block = max(1, min(n, chunk_values // (chunk_size * obs_size)))
+    chunk_size = max(1, min(chunk_size, chunk_values // (block * obs_size)))
+    # draws per chain kept in the pixel-level predictive groups
+    kept = min(num_draws, max_predictive_values // (num_chains * n * obs_size))
+    kept_prior = min(num_prior_draws, max_predictive_values // (num_chains * n * obs_size))
 
     sites = latent_sites(target, x)
     zs, log_qs, xs_pred, log_liks, log_priors = [], [], [], [], []
     prior_zs, prior_xs = [], []
     with _seeded(random_seed, x.device), torch.no_grad(), frozen_parameters(target):
-        for size in _chunks(total, chunk_size):
-            draws = Predictive(target.guide, num_samples=size, return_sites=tuple(sites), parallel=True)(x)
-            z = flatten_sites(draws, sites, size, n)
-            _, log_q = _guide_log_q(target, x, z)
-            predictive = Predictive(target.model, posterior_samples=unflatten_sites(z, sites), parallel=True)
-            trace = predictive.get_vectorized_trace(x)
-            obs_node = trace.nodes[target.obs_site]
-            # the model observes x, so Predictive's value at the site is x itself: draw from the likelihood
-            xs_pred.append(obs_node["fn"].sample().reshape(size, n, *obs_shape))
-            log_liks.append(obs_node["fn"].log_prob(x).reshape(size, n))
-            log_priors.append(log_joint(target, x, z)[0])  # sums out enumerated sites
-            zs.append(z)
-            log_qs.append(log_q)
-        for size in _chunks(num_chains * num_prior_draws, chunk_size):
-            trace = Predictive(target.model, num_samples=size, parallel=True).get_vectorized_trace(x)
-            prior_zs.append(flatten_sites({k: trace.nodes[k]["value"] for k in sites}, sites, size, n))
-            prior_xs.append(trace.nodes[target.obs_site]["fn"].sample().reshape(size, n, *obs_shape))
+        for lo in range(0, n, block):
+            xb = x[lo : lo + block]
+            nb = xb.shape[0]
+            zs_b, log_qs_b, xs_b, log_liks_b, log_priors_b = [], [], [], [], []
+            start = 0
+            for size in _chunks(total, chunk_size):
+                draws = Predictive(target.guide, num_samples=size, return_sites=tuple(sites), parallel=True)(xb)
+                z = flatten_sites(draws, sites, size, nb)
+                _, log_q = _guide_log_q(target, xb, z)
+                predictive = Predictive(target.model, posterior_samples=unflatten_sites(z, sites), parallel=True)
+                trace = predictive.get_vectorized_trace(xb)
+                obs_node = trace.nodes[target.obs_site]
+                # the model observes x, so Predictive's value at the site is x itself: draw from the likelihood
+                x_pred = obs_node["fn"].sample().reshape(size, nb, *obs_shape)
+                keep = _kept_rows(start, size, num_draws, kept, x.device)
+                if keep is not None:
+                    xs_b.append(x_pred[keep])
+                log_liks_b.append(obs_node["fn"].log_prob(xb).reshape(size, nb))
+                if target.enumerated:
+                    log_priors_b.append(log_joint(target, xb, z)[0])  # sums out enumerated sites
+                else:
+                    # the model trace above already holds the prior at z: no second decoder pass
+                    log_priors_b.append(sum(_site_log_prob(trace.nodes[name], size, nb) for name in sites))
+                zs_b.append(z)
+                log_qs_b.append(log_q)
+                start += size
+                del draws, trace, obs_node, predictive, x_pred
+            zs.append(torch.cat(zs_b))
+            log_qs.append(torch.cat(log_qs_b))
+            log_liks.append(torch.cat(log_liks_b))
+            log_priors.append(torch.cat(log_priors_b))
+            if xs_b:
+                xs_pred.append(torch.cat(xs_b))
+            prior_zs_b, prior_xs_b = [], []
+            start = 0
+            for size in _chunks(num_chains * num_prior_draws, chunk_size):
+                trace = Predictive(target.model, num_samples=size, parallel=True).get_vectorized_trace(xb)
+                prior_zs_b.append(flatten_sites({k: trace.nodes[k]["value"] for k in sites}, sites, size, nb))
+                x_prior = trace.nodes[target.obs_site]["fn"].sample().reshape(size, nb, *obs_shape)
+                keep = _kept_rows(start, size, num_prior_draws, kept_prior, x.device)
+                if keep is not None:
+                    prior_xs_b.append(x_prior[keep])
+                start += size
+                del trace, x_prior
+            prior_zs.append(torch.cat(prior_zs_b))
+            if prior_xs_b:
+                prior_xs.append(torch.cat(prior_xs_b))
+    # blocks of datapoints are joined along the obs axis (axis 1 of [draws, obs, ...])
+    zs, log_qs, log_liks, log_priors, prior_zs = (
+        [torch.cat(parts, 1)] for parts in (zs, log_qs, log_liks, log_priors, prior_zs)
+    )
+    xs_pred = [torch.cat(xs_pred, 1)] if xs_pred else []
+    prior_xs = [torch.cat(prior_xs, 1)] if prior_xs else []
 
     def stack(parts: list[torch.Tensor], draws: int) -> np.ndarray:
         arr = torch.cat(parts).detach().cpu().double().numpy()
@@ -542,8 +612,8 @@ def to_inference_data(
         posterior=posterior,
         sample_stats={"log_q": stack(log_qs, num_draws), "log_joint": stack(log_priors, num_draws) + log_lik},
         prior=per_site(prior_zs, num_prior_draws),
-        prior_predictive={obs: stack(prior_xs, num_prior_draws)},
-        posterior_predictive={obs: stack(xs_pred, num_draws)},
+        prior_predictive={obs: stack(prior_xs, kept_prior)} if kept_prior else None,
+        posterior_predictive={obs: stack(xs_pred, kept)} if kept else None,
         log_likelihood={obs: log_lik},
         observed_data={obs: x.cpu().double().numpy()},
         constant_data=consts or None,
@@ -558,10 +628,24 @@ def to_inference_data(
                 "latent_site": site,
                 "latent_sites": ",".join(sites),
                 "obs_site": obs,
+                "predictive_draws": int(kept),
+                "prior_predictive_draws": int(kept_prior),
                 **attrs,
             }
         )
     return idata
+
+
+def _kept_rows(start: int, size: int, num_draws: int, kept: int, device: torch.device) -> torch.Tensor | slice | None:
+    """Rows of a chunk of flat draws ``start .. start+size`` (chain-major, ``num_draws`` per chain) whose
+    draw index within the chain is below ``kept``; ``None`` when there are none, ``slice(None)`` for all."""
+    if kept == 0:
+        return None
+    rows = torch.arange(start, start + size, device=device)
+    keep = (rows % num_draws < kept).nonzero().reshape(-1)
+    if keep.numel() == 0:
+        return None
+    return slice(None) if keep.numel() == size else keep
 
 
 def _site_dims(sites: Mapping[str, tuple[int, ...]], primary: str) -> dict[str, list[str]]:

@@ -9,19 +9,9 @@ import sys
 
 import pytest
 import torch
+from _tiny_run import TINY
 
 from pyro_decomp.cli import main
-
-# tiny sizes: 80 training points, 20 steps, small evaluation
-TINY = [
-    "data.per_arm=20",
-    "data.test_per_arm=10",
-    "train.steps=20",
-    "train.checkpoint_every=10",
-    "eval.num_samples=200",
-    "eval.posterior_draws=5",
-    "eval.grid_size=16",
-]
 
 
 def _cli(*args, cwd):

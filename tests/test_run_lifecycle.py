@@ -14,21 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from _tiny_run import TINY as _TINY
 
 from pyro_decomp.cli import main
 from pyro_decomp.train import load_checkpoint
 
-# tiny sizes: 80 training points, 20 steps, a small evaluation without figures (seconds per run)
-TINY = [
-    "data.per_arm=20",
-    "data.test_per_arm=10",
-    "train.steps=20",
-    "train.checkpoint_every=10",
-    "eval.num_samples=200",
-    "eval.posterior_draws=5",
-    "eval.grid_size=16",
-    "eval.figures=false",
-]
+# tiny sizes, and no figures (seconds per run)
+TINY = [*_TINY, "eval.figures=false"]
 
 
 def _one_line_error(capsys) -> str:

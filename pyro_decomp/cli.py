@@ -96,68 +96,43 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# experiments that are a single function rather than a trained config (id -> reproduces, description)
-SCRIPT_EXPERIMENTS = {
-    "appC-bias": (
-        "004 App. C (estimator bias of the aggregate-posterior KL and TC vs batch size)",
-        "exclusive KL and total correlation by MWS/MSS on a fixed encoder, against a whole-dataset reference",
-    ),
-}
-
-
-def _cmd_run_script(args: argparse.Namespace) -> int:
-    from .experiments_appc import APPC_SIZES, run_appc_bias
-
-    if args.overrides or args.resume or args.device:
-        raise ValueError(f"{args.experiment} takes only --smoke/--size and --out (no overrides, --resume or --device).")
-    size = "smoke" if args.smoke else (args.size or "paper")
-    if size not in APPC_SIZES:
-        raise ValueError(f"unknown size {size!r} for {args.experiment}; choose one of {sorted(APPC_SIZES)}.")
-    out = _out_dir(args.out) or Path("runs") / args.experiment
-    result = run_appc_bias(out, size=size)
-    print(f"run {args.experiment} [{size}] finished: {out}")
-    print(f"  wrote {out / 'appc_bias.json'} and {out / 'figures' / 'appc_bias.png'}")
-    return 0 if result else 1
-
-
 def _cmd_list() -> int:
     from .config import _experiments_dir, experiment_ids, load_yaml
 
     ids = experiment_ids()
-    width = max((len(i) for i in [*ids, *SCRIPT_EXPERIMENTS]), default=10)
+    width = max((len(i) for i in ids), default=10)
     for exp_id in ids:
         spec = load_yaml(_experiments_dir() / f"{exp_id}.yaml")
         kind = "sweep" if "grid" in spec else "run"
         sizes = ", ".join(spec.get("sizes") or {}) or "-"
-        print(f"{exp_id:<{width}}  [{kind}; sizes: {sizes}]  {spec.get('reproduces', '')}")
+        family = spec.get("family") or (spec.get("config") or {}).get("family") or ""
+        family = f"{family}; " if family else ""
+        print(f"{exp_id:<{width}}  [{kind}; {family}sizes: {sizes}]  {spec.get('reproduces', '')}")
         if spec.get("description"):
             print(f"{'':<{width}}  {spec['description']}")
-    for exp_id, (reproduces, description) in SCRIPT_EXPERIMENTS.items():
-        print(f"{exp_id:<{width}}  [run; sizes: smoke, paper]  {reproduces}")
-        print(f"{'':<{width}}  {description}")
     return 0
 
 
-_SUMMARY_KEYS = (
-    # pinwheel: how well q(z) matches p(z) on test data
-    "kl_prior_to_aggregate", "kl_aggregate_to_prior", "mmd_rbf", "occupancy_evenness", "nmi", "ari", "overlap",
-    # dSprites: disentanglement scores on the encoder mean
-    "factor_vae_score", "beta_vae_score", "mig", "active_units",
-)  # fmt: skip
+def _family_of(metrics: dict):
+    from .experiments.base import get_family
+
+    try:
+        return get_family(str(metrics.get("family", "pinwheel")))
+    except ValueError:
+        return None
 
 
 def _summary_line(metrics: dict) -> str:
-    m = metrics.get("measures", {})
-    return "  ".join(f"{k}={m[k]:.4g}" for k in _SUMMARY_KEYS if isinstance(m.get(k), (int, float)))
+    family = _family_of(metrics)
+    return family.headline_line(metrics) if family is not None else ""
 
 
-def _figure_of(run_dir: Path) -> Path:
-    """The run's main figure: the aggregate posterior (pinwheel) or latent traversals (dSprites)."""
-    figures = run_dir / "figures"
-    for name in ("aggregate_posterior.png", "traversals.png"):
-        if (figures / name).is_file():
-            return figures / name
-    return figures
+def _figure_of(run_dir: Path, metrics: dict | None = None) -> Path:
+    """The run's main figure, as its experiment family names it."""
+    family = _family_of(metrics or {})
+    if family is not None and (run_dir / family.main_figure).exists():
+        return run_dir / family.main_figure
+    return run_dir / "figures"
 
 
 def _out_dir(value: str | None) -> Path | None:
@@ -173,8 +148,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .config import apply_overrides, config_from_dict, config_to_dict, load_experiment, parse_overrides
     from .runner import load_run_config, run_experiment
 
-    if args.experiment in SCRIPT_EXPERIMENTS:
-        return _cmd_run_script(args)
     if args.experiment and "=" in args.experiment and not Path(args.experiment).is_file():
         args.overrides = [args.experiment, *args.overrides]  # `run --resume DIR key=value`
         args.experiment = None
@@ -212,17 +185,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     else:
         if not args.experiment:
             raise ValueError("name an experiment (see `pyro-decomp list`) or pass --resume RUN_DIR.")
-        try:
-            cfg = load_experiment(args.experiment, size=size, overrides=overrides)
-        except ValueError as e:
-            if "unknown experiment" in str(e):
-                raise ValueError(f"{e} Script experiments: {', '.join(SCRIPT_EXPERIMENTS)}.") from None
-            raise
+        cfg = load_experiment(args.experiment, size=size, overrides=overrides)
         run_dir = out if out is not None else Path("runs") / cfg.id
         metrics = run_experiment(cfg, run_dir, overwrite=args.overwrite)
     print(f"run {cfg.id} [{cfg.size}] finished: {run_dir}")
     print(f"  {_summary_line(metrics)}")
-    print(f"  figure: {_figure_of(run_dir)}")
+    print(f"  figure: {_figure_of(run_dir, metrics)}")
     return 0
 
 
@@ -269,7 +237,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     metrics = evaluate_run(args.run_dir, device=args.device)
     print(json.dumps({k: metrics.get(k) for k in ("id", "alpha", "beta", "seed")}))
     print(f"  {_summary_line(metrics)}")
-    print(f"  wrote {Path(args.run_dir) / 'metrics.json'} and {_figure_of(Path(args.run_dir))}")
+    print(f"  wrote {Path(args.run_dir) / 'metrics.json'} and {_figure_of(Path(args.run_dir), metrics)}")
     return 0
 
 

@@ -4,12 +4,25 @@ An experiment file (``pyro_decomp/experiments/<id>.yaml``) looks like::
 
     id: fig3-pinwheel
     description: one line on what it reproduces
+    family: pinwheel     # the experiment module that builds, evaluates and summarises it
     default_size: paper
-    config:              # fields of ExperimentConfig (sections data, prior, model, train, eval)
-      model: {beta: 0.0, alpha: 3.0}
+    config:
+      data: {name: pinwheel, per_arm: 100}          # specs: a registered part and its own parameters
+      prior: {name: mixture, n_components: 4, variance: 0.03}
+      likelihood: {name: gaussian, scale: null}
+      networks: {name: pinwheel, hidden_dim: 100}
+      divergence: {type: inclusive_kl}
+      model: {latent_dim: 2, beta: 0.0, alpha: 3.0}  # typed sections
+      train: {steps: 500, lr: 1.0e-3}
+      eval: {grid_size: 160}                         # typed by the family
     sizes:               # named sets of dotted overrides; `--smoke` selects `smoke`
       smoke: {train.steps: 150}
       paper: {}
+
+The parts (``data``, ``prior``, ``likelihood``, ``networks``, ``divergence``) are specs of the registries
+in :mod:`pyro_decomp.components`: their parameters are the builder's keyword arguments, so every part of
+the library and every parameter is reachable from a config or an override (``prior.name=student_t
+prior.df=3``).
 
 A sweep file has ``base: <experiment id or file>`` and a ``grid:`` list instead of ``config:``
 (see :mod:`pyro_decomp.runner`). Files are read with :func:`yaml.safe_load` only.
@@ -38,11 +51,9 @@ import yaml
 
 __all__ = [
     "ConfigError",
-    "DataConfig",
-    "EvalConfig",
     "ExperimentConfig",
     "ModelConfig",
-    "PriorConfig",
+    "SPEC_SECTIONS",
     "TrainConfig",
     "apply_overrides",
     "config_from_dict",
@@ -61,88 +72,21 @@ class ConfigError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------- sections
-@dataclass
-class DataConfig:
-    """Dataset (SPEC §4): ``pinwheel`` (the ``arms``..``rate`` keys) or ``dsprites`` (``num_images``,
-    ``test_images``, ``npz``). ``seed`` draws the data (pinwheel points; which dSprites images)."""
-
-    name: str = "pinwheel"
-    arms: int = 4
-    per_arm: int = 100  # n = arms * per_arm = 400 (paper App. B)
-    test_per_arm: int = 100  # an independent draw of the same size
-    radial_std: float = 0.1
-    tangential_std: float = 0.3
-    rate: float = 0.25
-    seed: int = 0
-    # dsprites: a uniform subset of the 737,280-image grid (null: the whole grid), rendered procedurally
-    num_images: int | None = None
-    test_images: int = 1000  # held-out images for the reconstruction (in the training set if num_images is null)
-    npz: str | None = None  # the official dsprites_ndarray_*.npz instead of the renderer
-
-    _choices = {"name": ("pinwheel", "dsprites")}
-
-
-@dataclass
-class PriorConfig:
-    """Prior p(z). Mixture settings are the pinwheel's (paper Eq. 9): C=4, σ²=0.03, corner means."""
-
-    name: str = "mixture"
-    n_components: int = 4
-    variance: float = 0.03
-    means: str = "corners"
-    df: float = 5.0  # student_t
-    gamma: float = 0.8  # sparse_mixture
-    sigma0: float = 0.05  # sparse_mixture
-
-    _choices = {
-        "name": ("isotropic", "student_t", "mixture", "sparse_mixture"),
-        "means": ("corners", "axes"),
-    }
+#: the sections that hold a spec of a registered part (:mod:`pyro_decomp.components`)
+SPEC_SECTIONS = ("data", "prior", "likelihood", "networks", "divergence")
 
 
 @dataclass
 class ModelConfig:
-    """Networks, likelihood and the objective's weights (paper Eq. 7)."""
+    """The latent space and the objective's weights (paper Eq. 7): loss = reconstruction + β KL + α N D."""
 
-    networks: str = "pinwheel"
     latent_dim: int = 2
-    hidden_dim: int = 100
-    likelihood: str = "gaussian"
-    likelihood_scale: float | None = None  # None: the decoder predicts the scale (paper Table 1b)
     beta: float = 1.0
     alpha: float = 0.0
-    divergence: str = "inclusive_kl"
-    num_prior_samples: int | None = None  # None: as many as the batch
     objective: str = "beta"
     num_particles: int = 1
-    # weights of the disentanglement regularisers (docs/regularisers.md); alpha multiplies the divergence
-    tc_weight: float = 6.0  # beta_tcvae: b in a*MI + b*TC + c*dimKL
-    mi_weight: float = 1.0  # beta_tcvae: a
-    dim_kl_weight: float = 1.0  # beta_tcvae: c
-    tc_estimator: str = "mss"  # beta_tcvae: mss or mws (Chen et al.)
-    dip_lambda: float = 1.0  # dip_vae_i / dip_vae_ii: lambda_od = lambda_d
-    capacity_gamma: float = 1000.0  # capacity: gamma * |KL - C(t)|
-    capacity_max: float = 25.0  # capacity: C(t) grows linearly from 0 to capacity_max nats ...
-    capacity_steps: int = 100_000  # ... over capacity_steps steps
 
-    _choices = {
-        "networks": ("pinwheel", "shapes", "burgess"),
-        "likelihood": ("gaussian", "bernoulli"),
-        "divergence": (
-            "none",
-            "inclusive_kl",
-            "mmd_imq",
-            "mmd_rbf",
-            "mmd_per_dim",
-            "factor_vae",
-            "beta_tcvae",
-            "dip_vae_i",
-            "dip_vae_ii",
-            "capacity",
-        ),
-        "objective": ("beta", "entropy"),
-        "tc_estimator": ("mss", "mws"),
-    }
+    _choices = {"objective": ("beta", "entropy")}
 
 
 @dataclass
@@ -167,36 +111,33 @@ class TrainConfig:
 
 
 @dataclass
-class EvalConfig:
-    """Evaluation on the test split (independent of the training estimator)."""
-
-    seed: int = 12345
-    num_samples: int = 4000  # samples of q(z) and p(z) for the MMD and the KL estimates
-    posterior_draws: int = 100  # draws of z per test point in posterior.nc
-    grid_size: int = 160  # density grid resolution per axis
-    figures: bool = True
-    # dsprites: disentanglement metrics of the mean representation (sizes as in disentanglement_lib)
-    metric_group_size: int = 64  # BetaVAE / FactorVAE: points per vote
-    metric_num_train: int = 10_000  # BetaVAE / FactorVAE: training votes
-    metric_num_eval: int = 5_000  # BetaVAE / FactorVAE: evaluation votes
-    metric_num_variance: int = 10_000  # FactorVAE: points for the global variances
-    metric_num_points: int = 10_000  # MIG: points
-    loss_images: int = 2048  # dsprites: images (per split) for the final loss terms
-    traversal_range: float = 3.0  # latent traversals over [-r, r]
-
-
-@dataclass
 class ExperimentConfig:
-    """A full, resolved run configuration."""
+    """A full, resolved run configuration.
+
+    ``family`` names the experiment module (:mod:`pyro_decomp.experiments`) that builds, evaluates and
+    summarises the run, and declares the type of ``eval``. ``data``, ``prior``, ``likelihood``,
+    ``networks`` and ``divergence`` are :class:`~pyro_decomp.components.Spec` s: a registered part's name
+    plus its own parameters (``prior: {name: student_t, df: 3}``).
+    """
 
     id: str = "custom"
     description: str = ""
     size: str = "paper"
-    data: DataConfig = field(default_factory=DataConfig)
-    prior: PriorConfig = field(default_factory=PriorConfig)
+    family: str = "pinwheel"
+    data: Any = None
+    prior: Any = None
+    likelihood: Any = None
+    networks: Any = None
+    divergence: Any = None
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: Any = None
+
+    def experiment_family(self):
+        """The :class:`~pyro_decomp.experiments.ExperimentFamily` of this config."""
+        from .experiments.base import get_family
+
+        return get_family(self.family)
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -267,6 +208,26 @@ def _section_types(cls: type) -> dict[str, Any]:
 
 
 _SECTIONS = {f.name: f.type for f in dataclasses.fields(ExperimentConfig)}
+_TOP = ("id", "description", "size", "family")
+_TYPED = ("model", "train", "eval")
+
+# keys of the flat configs before the nested specs, and where they live now
+_MOVED = {
+    "model.divergence": "divergence.type",
+    "model.networks": "networks.name",
+    "model.hidden_dim": "networks.hidden_dim",
+    "model.likelihood": "likelihood.name",
+    "model.likelihood_scale": "likelihood.scale",
+    "model.num_prior_samples": "divergence.num_prior_samples",
+    "model.tc_weight": "divergence.tc_weight",
+    "model.mi_weight": "divergence.mi_weight",
+    "model.dim_kl_weight": "divergence.dim_kl_weight",
+    "model.tc_estimator": "divergence.estimator",
+    "model.dip_lambda": "divergence.lambda_od and divergence.lambda_d",
+    "model.capacity_gamma": "divergence.gamma",
+    "model.capacity_max": "divergence.capacity.end",
+    "model.capacity_steps": "divergence.capacity.steps",
+}
 
 
 _MAX_SEED = 2**32 - 1
@@ -283,12 +244,14 @@ def _check_id(value: str) -> None:
         )
 
 
-def _check_ranges(cfg: ExperimentConfig) -> None:
-    def need(cond: bool, key: str, msg: str) -> None:
-        if not cond:
-            raise ConfigError(f"{key}: {msg}")
+def _need(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
 
-    t, m, d, p, e = cfg.train, cfg.model, cfg.data, cfg.prior, cfg.eval
+
+def _check_ranges(cfg: ExperimentConfig) -> None:
+    need = _need
+    t, m = cfg.train, cfg.model
     _check_id(cfg.id)
     need(t.steps >= 0, "train.steps", f"must be >= 0, got {t.steps}.")
     need(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}.")
@@ -298,97 +261,153 @@ def _check_ranges(cfg: ExperimentConfig) -> None:
     need(t.checkpoint_every >= 1, "train.checkpoint_every", f"must be >= 1, got {t.checkpoint_every}.")
     need(t.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be >= 1, got {t.keep_checkpoints}.")
     need(t.log_every >= 1, "train.log_every", f"must be >= 1, got {t.log_every}.")
-    for key, seed in (("train.seed", t.seed), ("data.seed", d.seed), ("eval.seed", e.seed)):
+    seeds = [("train.seed", t.seed)]
+    if isinstance(getattr(cfg.eval, "seed", None), int):
+        seeds.append(("eval.seed", cfg.eval.seed))
+    if isinstance(cfg.data.get("seed"), int):
+        seeds.append(("data.seed", cfg.data["seed"]))
+    for key, seed in seeds:
         # numpy's global generator (seeded from train.seed) takes 32-bit seeds; torch's takes 64-bit ones
         need(0 <= seed <= _MAX_SEED, key, f"must be an integer in [0, 2**32 - 1] = [0, {_MAX_SEED}], got {seed}.")
     need(t.threads is None or t.threads >= 1, "train.threads", "must be >= 1 or null.")
     need(m.beta >= 0, "model.beta", f"must be >= 0, got {m.beta}.")
     need(m.alpha >= 0, "model.alpha", f"must be >= 0, got {m.alpha}.")
-    need(not (m.alpha > 0 and m.divergence == "none"), "model.alpha",
-         "alpha > 0 needs a divergence; set model.divergence to one of inclusive_kl, mmd_imq, mmd_rbf, mmd_per_dim, "
-         "factor_vae, beta_tcvae, dip_vae_i, dip_vae_ii, capacity.")  # fmt: skip
+    need(not (m.alpha > 0 and cfg.divergence.name == "none"), "model.alpha",
+         "alpha > 0 needs a divergence; set divergence.type to one of "
+         f"{', '.join(n for n in _component_names('divergence') if n != 'none')}.")  # fmt: skip
     need(m.latent_dim >= 1, "model.latent_dim", "must be >= 1.")
-    need(m.hidden_dim >= 1, "model.hidden_dim", "must be >= 1.")
     need(m.num_particles >= 1, "model.num_particles", "must be >= 1.")
-    need(m.likelihood_scale is None or m.likelihood_scale > 0, "model.likelihood_scale", "must be > 0 or null.")
-    need(m.num_prior_samples is None or m.num_prior_samples >= 2, "model.num_prior_samples", "must be >= 2 or null.")
-    need(d.arms >= 1 and d.per_arm >= 1 and d.test_per_arm >= 1, "data", "arms, per_arm, test_per_arm must be >= 1.")
-    need(min(d.radial_std, d.tangential_std, d.rate) >= 0, "data", "radial_std, tangential_std, rate must be >= 0.")
-    need(p.variance > 0, "prior.variance", "must be > 0.")
-    need(p.n_components >= 1, "prior.n_components", "must be >= 1.")
-    need(e.num_samples >= 2, "eval.num_samples", "must be >= 2.")
-    need(e.posterior_draws >= 1, "eval.posterior_draws", "must be >= 1.")
-    # upper bounds for the evaluation sizes: they are used only after training, where running out of
-    # memory would waste the whole run
-    need(8 <= e.grid_size <= 4096, "eval.grid_size", f"must be in [8, 4096], got {e.grid_size}.")
-    need(e.posterior_draws <= 100_000, "eval.posterior_draws", f"must be <= 100000, got {e.posterior_draws}.")
-    need(t.batch_size is None or t.batch_size >= 2 or m.divergence == "none", "train.batch_size",
+    need(t.batch_size is None or t.batch_size >= 2 or cfg.divergence.name == "none", "train.batch_size",
          "the aggregate-posterior divergence needs batches of at least 2.")  # fmt: skip
-    need(m.dip_lambda >= 0 and m.capacity_gamma >= 0 and m.capacity_max >= 0, "model",
-         "dip_lambda, capacity_gamma and capacity_max must be >= 0.")  # fmt: skip
-    need(
-        min(m.tc_weight, m.mi_weight, m.dim_kl_weight) >= 0,
-        "model",
-        "tc_weight, mi_weight, dim_kl_weight must be >= 0.",
-    )
-    need(m.capacity_steps >= 1, "model.capacity_steps", "must be >= 1.")
-    need(e.metric_group_size >= 2, "eval.metric_group_size", "must be >= 2.")
-    need(min(e.metric_num_train, e.metric_num_eval, e.metric_num_variance, e.metric_num_points, e.loss_images) >= 1,
-         "eval", "metric_num_train, metric_num_eval, metric_num_variance, metric_num_points, loss_images must be >= 1.")  # fmt: skip
-    need(e.traversal_range > 0, "eval.traversal_range", "must be > 0.")
-    image_data = d.name == "dsprites"
-    if image_data:
-        need(d.num_images is None or d.num_images >= 2, "data.num_images", "must be >= 2 or null (the whole grid).")
-        need(d.test_images >= 1, "data.test_images", "must be >= 1.")
-        need(m.networks in ("shapes", "burgess"), "model.networks",
-             f"data.name=dsprites needs image networks: shapes or burgess, got {m.networks!r}.")  # fmt: skip
-        need(m.likelihood == "bernoulli", "model.likelihood",
-             f"data.name=dsprites has binary images: use bernoulli, got {m.likelihood!r}.")  # fmt: skip
-        need(p.name in ("isotropic", "student_t"), "prior.name",
-             f"data.name=dsprites supports the isotropic and student_t priors, got {p.name!r}.")  # fmt: skip
-    else:
-        need(m.networks == "pinwheel", "model.networks",
-             f"data.name={d.name} needs the pinwheel networks, got {m.networks!r}.")  # fmt: skip
-        need(m.likelihood == "gaussian", "model.likelihood",
-             f"data.name={d.name} needs the gaussian likelihood, got {m.likelihood!r}.")  # fmt: skip
-        need(d.npz is None, "data.npz",
-             f"is only read for data.name=dsprites; data.name={d.name} is generated, so remove data.npz.")  # fmt: skip
+
+
+def _component_names(kind: str) -> list[str]:
+    from .components import COMPONENTS, _load_builtins
+
+    _load_builtins()
+    return sorted(COMPONENTS[kind])
+
+
+def _check_parts(cfg: ExperimentConfig) -> None:
+    """The parts must fit together: data and networks of the same kind, a likelihood the data allows, and a
+    divergence that builds with these parameters. Nothing is loaded."""
+    data, lik, nets = cfg.data.component(), cfg.likelihood.component(), cfg.networks.component()
+    event_dim = data.meta.get("event_dim")
+    if event_dim is not None and nets.meta.get("event_dim") not in (None, event_dim):
+        kinds = {1: "vectors", 3: "images"}
+        fits = [n for n in _component_names("networks") if _networks_event_dim(n) == event_dim]
+        raise ConfigError(
+            f"networks.name: {cfg.networks.name!r} takes {kinds.get(nets.meta.get('event_dim'), '?')}, but data "
+            f"{cfg.data.name!r} is {kinds.get(event_dim, '?')}; choose one of {', '.join(fits)}."
+        )
+    if lik.meta.get("binary_only") and not data.meta.get("binary", False):
+        raise ConfigError(
+            f"likelihood.name: {cfg.likelihood.name!r} needs binary data, but data {cfg.data.name!r} is not binary; "
+            "use gaussian or laplace."
+        )
+    if data.meta.get("binary") and event_dim == 3 and cfg.likelihood.name != "bernoulli":
+        raise ConfigError(
+            f"likelihood.name: data {cfg.data.name!r} has binary images: use bernoulli, got {cfg.likelihood.name!r}."
+        )
+    try:
+        cfg.divergence.build(latent_dim=cfg.model.latent_dim)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _networks_event_dim(name: str) -> int | None:
+    from .components import component
+
+    return component("networks", name).meta.get("event_dim")
+
+
+def _typed_section(key: str, cls: type, value: Any) -> Any:
+    section = cls()
+    if value is None:
+        return section
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: expected a mapping of options, got {value!r}.")
+    hints = _section_types(cls)
+    names = [f.name for f in dataclasses.fields(section)]
+    choices = getattr(cls, "_choices", {})
+    for sub, v in value.items():
+        full = f"{key}.{sub}"
+        if sub not in names:
+            if full in _MOVED:
+                raise ConfigError(f"config key {full!r} is now {_MOVED[full]!r} (the parts are nested specs).")
+            raise ConfigError(f"unknown config key {full!r}.{_close(full, [f'{key}.{n}' for n in names])}")
+        v = _coerce(full, v, hints[sub])
+        if sub in choices and v not in choices[sub]:
+            raise ConfigError(f"{full}: invalid value {v!r}; choose one of {', '.join(map(str, choices[sub]))}.")
+        setattr(section, sub, v)
+    return section
 
 
 def config_from_dict(raw: Mapping[str, Any]) -> ExperimentConfig:
-    """Build and validate an :class:`ExperimentConfig` from a nested mapping (unknown keys are errors)."""
+    """Build and validate an :class:`ExperimentConfig` from a nested mapping (unknown keys are errors).
+
+    Sections the mapping leaves out take the experiment family's defaults
+    (:attr:`~pyro_decomp.experiments.ExperimentFamily.defaults`).
+    """
+    from .components import resolve_spec
+
     if not isinstance(raw, Mapping):
         raise ConfigError(f"a config must be a mapping of sections, got {type(raw).__name__}.")
-    cfg = ExperimentConfig()
-    for key, value in raw.items():
+    for key in raw:
         if key not in _SECTIONS:
             raise ConfigError(f"unknown config key {key!r}.{_close(str(key), _SECTIONS)}")
-        if key in ("id", "description", "size"):
-            setattr(cfg, key, _coerce(key, value, str))
-            continue
+    cfg = ExperimentConfig()
+    for key in _TOP:
+        if key in raw and raw[key] is not None:
+            setattr(cfg, key, _coerce(key, raw[key], str))
+    try:
+        family = cfg.experiment_family()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    defaults = family.defaults
+    for kind in SPEC_SECTIONS:
+        value = raw.get(kind)
         if value is None:
-            continue
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping of options, got {value!r}.")
-        section = getattr(cfg, key)
-        hints = _section_types(type(section))
-        names = [f.name for f in dataclasses.fields(section)]
-        choices = getattr(type(section), "_choices", {})
-        for sub, v in value.items():
-            full = f"{key}.{sub}"
-            if sub not in names:
-                raise ConfigError(f"unknown config key {full!r}.{_close(full, [f'{key}.{n}' for n in names])}")
-            v = _coerce(full, v, hints[sub])
-            if sub in choices and v not in choices[sub]:
-                raise ConfigError(f"{full}: invalid value {v!r}; choose one of {', '.join(map(str, choices[sub]))}.")
-            setattr(section, sub, v)
+            value = defaults.get(kind)
+        if value is None:
+            raise ConfigError(f"{kind}: the config needs a {kind} spec (experiment family {cfg.family!r} has no default).")
+        try:
+            setattr(cfg, kind, resolve_spec(kind, value, coerce=_coerce))
+        except ConfigError:
+            raise
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    model_raw = {**(defaults.get("model") or {}), **dict(raw.get("model") or {})}
+    cfg.model = _typed_section("model", ModelConfig, model_raw)
+    cfg.train = _typed_section("train", TrainConfig, raw.get("train"))
+    cfg.eval = _typed_section("eval", family.eval_config, raw.get("eval"))
     _check_ranges(cfg)
+    check = getattr(cfg.eval, "check", None)
+    if check is not None:
+        try:
+            check()
+        except ValueError as e:
+            raise ConfigError(str(e) if str(e).startswith("eval") else f"eval: {e}") from None
+    _check_parts(cfg)
+    try:
+        family.check_config(cfg)
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return cfg
 
 
 def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
     """The config as plain nested dicts/lists/scalars (YAML- and ``torch.load(weights_only=True)``-safe)."""
-    return dataclasses.asdict(cfg)
+    out: dict[str, Any] = {k: getattr(cfg, k) for k in _TOP}
+    for kind in SPEC_SECTIONS:
+        spec = getattr(cfg, kind)
+        out[kind] = copy.deepcopy(dict(spec)) if spec is not None else None
+    for key in _TYPED:
+        section = getattr(cfg, key)
+        out[key] = dataclasses.asdict(section) if section is not None else None
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- overrides
@@ -414,35 +433,76 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
 
 
 def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Apply dotted overrides to a nested config mapping (returns a new dict; validation is separate)."""
+    """Apply dotted overrides to a nested config mapping (returns a new dict; validation is separate).
+
+    Keys go as deep as the config does: ``model.beta``, ``prior.df``, ``divergence.capacity.end``.
+    Changing the part a spec names (``prior.name=student_t``, ``divergence.type=mmd``) drops the old part's
+    parameters, so the new part starts from its own defaults plus the other overrides given with it.
+    """
+    from .components import NAME_KEY
+
     out = copy.deepcopy(dict(raw))
-    for key, value in overrides.items():
-        parts = str(key).split(".")
+    items = [(str(k), v) for k, v in overrides.items()]
+    # the part a spec names first: switching parts resets that spec, then its parameters apply
+    items.sort(key=lambda kv: 0 if kv[0] in {f"{s}.{NAME_KEY[s]}" for s in SPEC_SECTIONS} else 1)
+    for key, value in items:
+        parts = key.split(".")
+        if any(not p for p in parts):
+            raise ConfigError(f"unknown config key {key!r}; keys are dotted names like model.beta.")
         if parts[0] not in _SECTIONS:
-            raise ConfigError(f"unknown config key {key!r}.{_close(str(key), _all_keys())}")
-        if parts[0] in ("id", "description", "size"):
+            raise ConfigError(f"unknown config key {key!r}.{_close(key, _all_keys())}")
+        if parts[0] in _TOP:
             if len(parts) != 1:
-                raise ConfigError(f"unknown config key {key!r}.{_close(str(key), _all_keys())}")
+                raise ConfigError(f"unknown config key {key!r}.{_close(key, _all_keys())}")
             out[parts[0]] = value
             continue
+        if key in _MOVED:
+            raise ConfigError(f"config key {key!r} is now {_MOVED[key]!r} (the parts are nested specs).")
         if len(parts) == 1:
+            if parts[0] in SPEC_SECTIONS and isinstance(value, str | Mapping):
+                out[parts[0]] = value if isinstance(value, Mapping) else {NAME_KEY[parts[0]]: value}
+                continue
             options = [k for k in _all_keys() if k.startswith(f"{key}.")]
             raise ConfigError(f"{key!r} is a config section; override one of its options: {', '.join(options)}.")
-        if len(parts) != 2:
-            raise ConfigError(f"unknown config key {key!r}; keys are section.option.{_close(str(key), _all_keys())}")
-        section = dict(out.get(parts[0]) or {})
-        section[parts[1]] = value
+        if parts[0] in _TYPED and len(parts) != 2:
+            raise ConfigError(f"unknown config key {key!r}; keys are section.option.{_close(key, _all_keys())}")
+        section = out.get(parts[0])
+        if isinstance(section, str) and parts[0] in SPEC_SECTIONS:
+            section = {NAME_KEY[parts[0]]: section}
+        section = copy.deepcopy(dict(section or {}))
+        if parts[0] in SPEC_SECTIONS and len(parts) == 2 and parts[1] == NAME_KEY[parts[0]]:
+            if section.get(parts[1]) != value:
+                section = {}
+        node = section
+        for i, p in enumerate(parts[1:-1], start=1):
+            child = node.get(p)
+            if not isinstance(child, Mapping):
+                if child is not None:
+                    raise ConfigError(f"{'.'.join(parts[: i + 1])} is {child!r}, not a mapping; cannot set {key!r}.")
+                child = {}
+            node[p] = dict(child)
+            node = node[p]
+        node[parts[-1]] = value
         out[parts[0]] = section
     return out
 
 
 def _all_keys() -> list[str]:
-    keys = ["id", "description", "size"]
-    for name, tp in _SECTIONS.items():
-        if dataclasses.is_dataclass(tp) or (isinstance(tp, str) and name not in keys):
-            section = getattr(ExperimentConfig(), name)
-            keys += [f"{name}.{f.name}" for f in dataclasses.fields(section)]
-    return keys
+    """Every fixed config key (spec parameters depend on the part, so only their names are listed)."""
+    from .components import NAME_KEY
+
+    keys = list(_TOP)
+    keys += [f"{s}.{NAME_KEY[s]}" for s in SPEC_SECTIONS]
+    for name, cls in (("model", ModelConfig), ("train", TrainConfig)):
+        keys += [f"{name}.{f.name}" for f in dataclasses.fields(cls)]
+    try:
+        from .experiments.base import families
+
+        for fam in families().values():
+            keys += [f"eval.{f.name}" for f in dataclasses.fields(fam.eval_config)]
+    except Exception:  # the registry failed to import: the did-you-mean hint is only a hint
+        pass
+    return sorted(set(keys))
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -516,7 +576,7 @@ def _size_overrides(spec: Mapping[str, Any], path: Path, size: str | None) -> tu
     return size, dict(over)
 
 
-_EXPERIMENT_KEYS = ("id", "description", "reproduces", "default_size", "config", "sizes")
+_EXPERIMENT_KEYS = ("id", "description", "reproduces", "family", "default_size", "config", "sizes")
 
 
 def load_experiment(
@@ -551,6 +611,8 @@ def load_experiment(
     raw = dict(spec.get("config") or {})
     raw["id"] = str(spec.get("id", path.stem))
     raw["description"] = str(spec.get("description", ""))
+    if spec.get("family") is not None:
+        raw["family"] = str(spec["family"])
     raw = apply_overrides(raw, size_over)
     raw["size"] = size_name
     raw = apply_overrides(raw, dict(overrides or {}))

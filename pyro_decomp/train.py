@@ -429,10 +429,12 @@ class Trainer:
             raise TypeError(f"module must be a torch.nn.Module holding the parameters, got {type(module).__name__}.")
         if not callable(model) or not callable(guide):
             raise TypeError("model and guide must be callables (Pyro programs).")
+        from .data.bundle import ByteImages
         from .data.dsprites import PackedImages
 
-        if not (torch.is_tensor(data) or isinstance(data, PackedImages)) or data.dim() < 1 or data.shape[0] < 1:
-            raise ValueError("data must be a tensor (or PackedImages) with at least one row, shape [n, ...].")
+        stores = (PackedImages, ByteImages)
+        if not (torch.is_tensor(data) or isinstance(data, stores)) or data.dim() < 1 or data.shape[0] < 1:
+            raise ValueError("data must be a tensor (or PackedImages/ByteImages) with at least one row, shape [n, ...].")
         for name, value, low in (("steps", steps, 0), ("checkpoint_every", checkpoint_every, 1),
                                  ("keep_checkpoints", keep_checkpoints, 1), ("log_every", log_every, 1)):  # fmt: skip
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -445,7 +447,7 @@ class Trainer:
         self.data = data.to(self.device)
         self.num_data = int(self.data.shape[0])
         self.batch_size = None if batch_size is None or batch_size >= self.num_data else int(batch_size)
-        if self.batch_size is None and isinstance(self.data, PackedImages):
+        if self.batch_size is None and isinstance(self.data, stores):
             self.data = self.data.unpack()  # full batch: every step uses every image
         self._perm: tuple[int, torch.Tensor] | None = None  # (epoch, its permutation), drawn once per epoch
         self.run_dir = Path(run_dir)

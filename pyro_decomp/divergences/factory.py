@@ -74,26 +74,17 @@ def divergence_from_dict(spec: dict[str, Any] | None) -> Divergence | None:
 
 
 def _model_keys_to_run(assignment: dict[str, Any], latent_dim: int) -> dict[str, Any]:
-    """Dotted ``model.*`` keys of a sweep run → ``beta``, ``alpha`` and a divergence spec."""
-    m = {k.split(".", 1)[1]: v for k, v in assignment.items() if k.startswith("model.")}
-    kind = m.get("divergence", "none")
-    if kind == "none":
-        spec: dict[str, Any] = {"type": "none"}
-    elif kind == "factor_vae":
-        spec = {"type": "factor_vae", "latent_dim": int(m.get("latent_dim", latent_dim))}
-    elif kind == "beta_tcvae":
-        spec = {
-            "type": "beta_tcvae",
-            "mi_weight": m.get("mi_weight", 1.0),
-            "tc_weight": m.get("tc_weight", 6.0),
-            "dim_kl_weight": m.get("dim_kl_weight", 1.0),
-            "estimator": m.get("tc_estimator", "mss"),
-        }
-    elif kind in ("dip_vae_i", "dip_vae_ii"):
-        lam = m.get("dip_lambda", 1.0)
-        spec = {"type": "dip_vae", "kind": kind.rsplit("_", 1)[1], "lambda_od": lam, "lambda_d": lam}
-    else:
-        spec = {"type": kind}
+    """Dotted ``model.*`` and ``divergence.*`` keys of a sweep run → ``beta``, ``alpha`` and a divergence spec
+    (``a+b`` keys tie several keys to one value)."""
+    untied: dict[str, Any] = {}
+    for key, value in assignment.items():
+        for part in str(key).split("+"):
+            untied[part.strip()] = value
+    m = {k.split(".", 1)[1]: v for k, v in untied.items() if k.startswith("model.")}
+    spec: dict[str, Any] = {k.split(".", 1)[1]: v for k, v in untied.items() if k.startswith("divergence.")}
+    spec.setdefault("type", "none")
+    if spec["type"] == "factor_vae":
+        spec.setdefault("latent_dim", int(m.get("latent_dim", latent_dim)))
     return {"beta": float(m.get("beta", 1.0)), "alpha": float(m.get("alpha", 0.0)), "divergence": spec}
 
 

@@ -11,8 +11,12 @@ A sweep file::
 
 The base experiment is loaded at its default size; the sweep's size overrides are applied on top.
 
-Outputs in the sweep directory: ``runs/<name>/`` (full run directories), ``grid.png`` (one density
-panel per run, first seed; pinwheel sweeps), ``summary.csv`` and ``summary.md`` (one row per setting:
+A ``vary`` (or ``fixed``) key may tie several keys to one value with ``+``:
+``divergence.lambda_od+divergence.lambda_d: [1, 3]``. Which columns the tables have and which sweep figures
+are drawn is the experiment family's choice (:class:`~pyro_decomp.experiments.ExperimentFamily`).
+
+Outputs in the sweep directory: ``runs/<name>/`` (full run directories), the family's sweep figures
+(``grid.png`` for the pinwheel: one density panel per run, first seed), ``summary.csv`` and ``summary.md`` (one row per setting:
 n, mean, sd and a 95% Student-t interval of each metric over the seeds, see :func:`aggregate_over_seeds`),
 ``summary_runs.csv`` and ``summary_runs.md`` (one row per run), ``curves.png`` (each metric against the
 swept hyperparameter with the interval over seeds as a band, SPEC §8) and ``sweep.json``.
@@ -54,48 +58,6 @@ from ..config import (
 __all__ = ["SweepRun", "SweepSpec", "aggregate_over_seeds", "load_sweep", "run_sweep"]
 
 _SWEEP_KEYS = ("id", "description", "reproduces", "base", "grid", "seeds", "sizes", "default_size")
-SUMMARY_COLUMNS = (
-    "name",
-    "row",
-    "alpha",
-    "beta",
-    "seed",
-    "status",
-    "kl_prior_to_aggregate",
-    "kl_aggregate_to_prior",
-    "mmd_rbf",
-    "occupancy_evenness",
-    "nmi",
-    "ari",
-    "overlap",
-    "mean_encoder_std",
-    "mean_log_prior",
-    "test_reconstruction_per_point",
-    "train_seconds",
-)
-# dSprites sweeps (data.name=dsprites): disentanglement metrics of the mean representation instead
-IMAGE_SUMMARY_COLUMNS = (
-    "name",
-    "row",
-    "divergence",
-    "alpha",
-    "beta",
-    "weight",
-    "seed",
-    "status",
-    "factor_vae_score",
-    "beta_vae_score",
-    "mig",
-    "active_units",
-    "test_reconstruction_per_image",
-    "test_kl_per_image",
-    "train_seconds",
-)
-# the regulariser's own weight, per model.divergence (the `weight` column)
-_WEIGHT_KEYS = {"beta_tcvae": "tc_weight", "dip_vae_i": "dip_lambda", "dip_vae_ii": "dip_lambda",
-                "factor_vae": "alpha", "capacity": "capacity_max"}  # fmt: skip
-
-
 @dataclass
 class SweepRun:
     """One run of a sweep: its name, figure position and resolved config (as a dict)."""
@@ -123,6 +85,20 @@ class SweepSpec:
 
 
 _SYMBOLS = {"model.alpha": "α", "model.beta": "β"}
+
+
+def _symbol(key: str) -> str:
+    first = key.split("+")[0]
+    return _SYMBOLS.get(first, first.split(".")[-1])
+
+
+def _untie(assignment: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"a.x+a.y": v}`` (keys tied to one value, e.g. DIP-VAE's λ_od = λ_d) → ``{"a.x": v, "a.y": v}``."""
+    out: dict[str, Any] = {}
+    for key, value in assignment.items():
+        for part in str(key).split("+"):
+            out[part.strip()] = value
+    return out
 
 
 def _fmt(v: Any) -> str:
@@ -177,14 +153,14 @@ def load_sweep(name: str | Path, *, size: str | None = None, overrides: Mapping[
         for c, values in enumerate(itertools.product(*(vary[k] for k in keys)) if keys else [()]):
             assignment = {**fixed, **dict(zip(keys, values, strict=True))}
             for seed in seeds:
-                over = {**assignment, "train.seed": seed, **dict(overrides or {})}
+                over = {**_untie(assignment), "train.seed": seed, **dict(overrides or {})}
                 cfg = config_to_dict(config_from_dict(apply_overrides(base, over)))
-                label = "_".join(f"{k.split('.')[-1]}{_fmt(v)}" for k, v in assignment.items())
+                label = "_".join(f"{k.split('+')[0].split('.')[-1]}{_fmt(v)}" for k, v in assignment.items())
                 run_name = f"{label}_seed{seed}" if label else f"seed{seed}"
                 if run_name in names:
                     raise ConfigError(f"{path}: two grid points give the same run {run_name!r}.")
                 names.add(run_name)
-                title = ", ".join(f"{_SYMBOLS.get(k, k.split('.')[-1])}={_fmt(v)}" for k, v in assignment.items())
+                title = ", ".join(f"{_symbol(k)}={_fmt(v)}" for k, v in assignment.items())
                 out.runs.append(SweepRun(run_name, r, c, title, seed, cfg, assignment, label or "default"))
     return out
 
@@ -231,35 +207,9 @@ def _read_metrics(path: Path) -> dict[str, Any] | None:
 
 def _figures_ok(run_dir: Path, config: Mapping[str, Any]) -> bool:
     """Whether the run's figure files are present and readable (else the run is re-evaluated)."""
-    figures = run_dir / "figures"
-    if config["data"]["name"] == "dsprites":
-        return not config["eval"]["figures"] or _png_ok(figures / "traversals.png")
-    if _load_density(figures / "aggregate_posterior.npz") is None:
-        return False
-    return not config["eval"]["figures"] or _png_ok(figures / "aggregate_posterior.png")
+    from .base import get_family
 
-
-def _png_ok(path: Path) -> bool:
-    try:
-        from PIL import Image
-
-        with Image.open(path) as image:
-            image.verify()  # reads the whole file and checks its chunks; no pixel decoding
-        return True
-    except Exception:  # PIL raises OSError, SyntaxError, struct.error, ... for a damaged file
-        return False
-
-
-def _load_density(path: Path) -> dict[str, np.ndarray] | None:
-    """The density grid a pinwheel run saved for the sweep figure, or ``None`` when unreadable."""
-    keys = ("density", "prior_density", "extent")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            panel = {k: np.asarray(data[k]) for k in keys}
-    except Exception:  # BadZipFile, a non-npz file, a missing key, an object array, ...
-        return None
-    ok = panel["density"].ndim == 2 and panel["extent"].shape == (4,) and np.isfinite(panel["extent"]).all()
-    return panel if ok else None
+    return get_family(config.get("family", "pinwheel")).figures_ok(run_dir, config)
 
 
 # set in a pool worker process once Ctrl-C reached it: the runs it has already taken from the pool's
@@ -423,69 +373,34 @@ def _run_ray(jobs: list[tuple[dict, str]], workers: int, address: str | None, lo
 
 
 def _report(result: dict, log) -> dict:
+    from .base import get_family
+
     name = Path(result.get("run_dir", "?")).name
     if result.get("note"):
         log(f"[sweep] {name}: {result['note']}")
     if result.get("status") == "failed":
         log(f"[sweep] {name}: FAILED: {result.get('error')}")
     else:
-        m = result.get("measures", {})
-        if "factor_vae_score" in m:
-            log(
-                f"[sweep] {name}: {result['status']}  FactorVAE={m['factor_vae_score']:.3f}  "
-                f"BetaVAE={m['beta_vae_score']:.3f}  MIG={m['mig']:.3f}"
-            )
-            return result
-        log(
-            f"[sweep] {name}: {result['status']}  KL(p||q)={m.get('kl_prior_to_aggregate', float('nan')):.3f}  "
-            f"evenness={m.get('occupancy_evenness', float('nan')):.3f}  overlap={m.get('overlap', float('nan')):.3f}"
-        )
+        try:
+            line = get_family(str(result.get("family", "pinwheel"))).headline_line(result)
+        except ValueError:
+            line = ""
+        log(f"[sweep] {name}: {result['status']}  {line}".rstrip())
     return result
 
 
-def _image_row(run: SweepRun, result: Mapping[str, Any]) -> dict[str, Any]:
-    m = result.get("measures", {}) or {}
-    model = run.config["model"]
-    row = {
-        "name": run.name,
-        "setting": run.setting,
-        "row": run.row,
-        "divergence": model["divergence"],
-        "alpha": model["alpha"],
-        "beta": model["beta"],
-        "weight": model.get(_WEIGHT_KEYS.get(model["divergence"], "beta")),
-        "seed": run.seed,
-        "status": result.get("status", "failed"),
-        "train_seconds": result.get("train_seconds"),
-    }
-    for k in IMAGE_SUMMARY_COLUMNS:
-        if k not in row:
-            row[k] = m.get(k)
-    return row
-
-
 def _row(run: SweepRun, result: Mapping[str, Any]) -> dict[str, Any]:
-    if run.config["data"]["name"] == "dsprites":
-        return _image_row(run, result)
-    m = result.get("measures", {}) or {}
-    test = result.get("test", {}) or {}
-    n = run.config["data"]["arms"] * run.config["data"]["test_per_arm"]
-    row = {
-        "name": run.name,
-        "setting": run.setting,
-        "row": run.row,
-        "alpha": run.config["model"]["alpha"],
-        "beta": run.config["model"]["beta"],
-        "seed": run.seed,
-        "status": result.get("status", "failed"),
-        "test_reconstruction_per_point": (test["reconstruction"] / n)
-        if test.get("reconstruction") is not None
-        else None,
-        "train_seconds": result.get("train_seconds"),
-    }
-    for k in SUMMARY_COLUMNS:
-        if k not in row:
-            row[k] = m.get(k)
+    """One run's row of the per-run table: the family's setting and metric columns."""
+    from .base import get_family
+
+    family = get_family(run.config.get("family", "pinwheel"))
+    row = {"name": run.name, "setting": run.setting, "row": run.row, "seed": run.seed,
+           "status": result.get("status", "failed")}  # fmt: skip
+    values = family.summary_row(run.config, result) if result.get("status") != "failed" else {}
+    if result.get("status") == "failed":
+        values = {k: run.config["model"].get(k) for k in ("alpha", "beta") if "model" in run.config}
+    for k in family.summary_columns:
+        row.setdefault(k, values.get(k))
     return row
 
 
@@ -588,7 +503,7 @@ def _cell(v: Any) -> str:
 
 
 def _write_tables(
-    rows: list[dict], out_dir: Path, columns: Sequence[str] = SUMMARY_COLUMNS, *, title: str = "", level: float = 0.95
+    rows: list[dict], out_dir: Path, columns: Sequence[str], *, title: str = "", level: float = 0.95
 ) -> list[dict[str, Any]]:
     """Write the per-run tables (``summary_runs.csv``/``.md``) and the per-setting aggregate over seeds
     (``summary.csv``/``.md``, see :func:`aggregate_over_seeds`); returns the aggregate rows."""
@@ -753,9 +668,11 @@ def run_sweep(
             "run the same sweep command again to resume it."
         )
         raise
+    from .base import get_family
+
     rows = [_row(run, res) for run, res in zip(spec.runs, results, strict=True)]
-    image = bool(spec.runs) and spec.runs[0].config["data"]["name"] == "dsprites"
-    columns = IMAGE_SUMMARY_COLUMNS if image else SUMMARY_COLUMNS
+    family = get_family(spec.runs[0].config.get("family", "pinwheel")) if spec.runs else get_family("pinwheel")
+    columns = family.summary_columns
     agg = _write_tables(rows, out_dir, columns, title=spec.id)
     _write_text_atomic(
         out_dir / "sweep.json",
@@ -777,13 +694,11 @@ def run_sweep(
     except Exception as e:  # the tables above hold the results; a figure failure must not hide them
         (out_dir / "curves.png").unlink(missing_ok=True)  # never leave stale curves behind
         log(f"[sweep] could not draw curves.png: {type(e).__name__}: {e}")
-    if not image:  # dSprites runs have no density panels; each run has figures/traversals.png
-        try:
-            _grid_figure(spec, results, out_dir / "grid.png", log)
-            wrote += f" and {out_dir / 'grid.png'}"
-        except Exception as e:  # the tables above hold the results; a figure failure must not hide them
-            (out_dir / "grid.png").unlink(missing_ok=True)  # never leave a stale grid behind
-            log(f"[sweep] could not draw grid.png: {type(e).__name__}: {e}")
+    try:
+        for path in family.sweep_figures(spec, results, out_dir, log):
+            wrote += f" and {path}"
+    except Exception as e:  # the tables above hold the results; a figure failure must not hide them
+        log(f"[sweep] could not draw the {family.name} sweep figures: {type(e).__name__}: {e}")
     failed = [r["name"] for r in rows if r["status"] == "failed"]
     log(f"[sweep] done in {time.perf_counter() - t0:.1f} s; wrote {wrote}")
     if failed:
@@ -818,30 +733,3 @@ def _log_progress_so_far(jobs: Sequence[tuple[dict, str]], log) -> None:
             f"[sweep] resuming: {done} of {len(jobs)} runs finished earlier, {started} continue from their "
             f"checkpoints" + (f", {other} hold another config and start afresh" if other else "")
         )
-
-
-def _grid_figure(spec: SweepSpec, results: Sequence[Mapping[str, Any]], path: Path, log=print) -> None:
-    from ..analysis.plots import plot_density_grid, save_figure
-
-    first_seed = spec.runs[0].seed if spec.runs else 0
-    ncols = max((r.col for r in spec.runs), default=-1) + 1
-    panels: list[list[dict | None]] = [[None] * ncols for _ in spec.rows]
-    for run, res in zip(spec.runs, results, strict=True):
-        if run.seed != first_seed:
-            continue
-        npz = Path(res.get("run_dir", "")) / "figures" / "aggregate_posterior.npz"
-        panel: dict[str, Any] = {"title": run.title}
-        if res.get("status") != "failed":
-            density = _load_density(npz)
-            if density is None:
-                log(f"[sweep] {run.name}: {npz} is missing or unreadable; its grid.png panel is left empty")
-            else:
-                panel.update(density)
-        panels[run.row][run.col] = panel
-    fig = plot_density_grid(panels, suptitle=f"{spec.id}: density of q(z) over p(z) contours")
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")  # atomic: a crash keeps the old grid whole
-    try:
-        save_figure(fig, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

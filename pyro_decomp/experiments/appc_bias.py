@@ -8,7 +8,8 @@ compared with a reference computed over the whole dataset (``B = n``, exact mixt
   :math:`\\mathbb E_{p(x)}\\mathrm{KL}(q(z \\mid x) \\| p(z)) - \\log n`: a β-VAE's KL shifted by a constant;
   MWS (weights :math:`1/(nB)`) sits a further :math:`\\log B` lower.
 
-Entry point: :func:`run_appc_bias` (writes ``appc_bias.json`` and ``figures/appc_bias.png``).
+Entry points: the experiment ``appC-bias`` (family ``appc-bias``: ``pyro-decomp run appC-bias``) and the
+function :func:`run_appc_bias` (writes ``appc_bias.json``, ``metrics.json`` and ``figures/appc_bias.png``).
 
 >>> import tempfile
 >>> out = run_appc_bias(tempfile.mkdtemp(), size="smoke", figure=False)   # doctest: +SKIP
@@ -19,14 +20,16 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .divergences import ExclusiveKL, TotalCorrelation, estimator_bias
+from ..divergences import ExclusiveKL, TotalCorrelation, estimator_bias
+from .base import ExperimentFamily, register_family, write_metrics
 
-__all__ = ["APPC_SIZES", "fixed_linear_gaussian_encoder", "run_appc_bias"]
+__all__ = ["APPC_SIZES", "AppCBiasFamily", "AppCEval", "fixed_linear_gaussian_encoder", "run_appc_bias"]
 
 #: smoke: well under a minute on 2 CPU cores; paper: a larger dataset and more repeats
 APPC_SIZES: dict[str, dict[str, Any]] = {
@@ -110,19 +113,12 @@ def run_appc_bias(
     :param scale: encoder standard deviations ``[n, D]``, with ``loc``.
     :returns: the JSON content as a dict.
     """
-    if size not in APPC_SIZES:
-        raise ValueError(f"size must be one of {sorted(APPC_SIZES)}, got {size!r}.")
-    cfg = dict(APPC_SIZES[size])
-    for k, v in (
-        ("num_data", num_data),
-        ("latent_dim", latent_dim),
-        ("batch_sizes", batch_sizes),
-        ("num_repeats", num_repeats),
-        ("num_reference_repeats", num_reference_repeats),
-        ("encoder_scale", encoder_scale),
-    ):
-        if v is not None:
-            cfg[k] = v
+    given = {"num_data": num_data, "latent_dim": latent_dim, "batch_sizes": batch_sizes, "num_repeats": num_repeats,
+             "num_reference_repeats": num_reference_repeats, "encoder_scale": encoder_scale}  # fmt: skip
+    if size not in APPC_SIZES and any(v is None for v in given.values()):
+        raise ValueError(f"size must be one of {sorted(APPC_SIZES)}, got {size!r} (or pass every setting).")
+    cfg = dict(APPC_SIZES.get(size, {}))
+    cfg.update({k: v for k, v in given.items() if v is not None})
     if (loc is None) != (scale is None):
         raise ValueError("pass both loc and scale (a trained encoder's outputs on the dataset) or neither.")
     if loc is not None:
@@ -211,3 +207,63 @@ def _plot(out: dict[str, Any], path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+@dataclass
+class AppCEval:
+    """The study's settings (the ``eval`` section of an ``appc-bias`` config)."""
+
+    num_data: int = 4000
+    latent_dim: int = 2
+    encoder_scale: float = 0.05
+    batch_sizes: list[int] = field(default_factory=lambda: [4, 16, 64, 256, 1024, 4000])
+    num_repeats: int = 50
+    num_reference_repeats: int = 5
+    seed: int = 0
+    figures: bool = True
+
+    def check(self) -> None:
+        if self.num_data < 2 or self.latent_dim < 1:
+            raise ValueError("eval: num_data must be >= 2 and latent_dim >= 1.")
+        if not self.batch_sizes or min(self.batch_sizes) < 2:
+            raise ValueError(f"eval.batch_sizes: must be a non-empty list of sizes >= 2, got {self.batch_sizes}.")
+        if self.num_repeats < 1 or self.num_reference_repeats < 1:
+            raise ValueError("eval: num_repeats and num_reference_repeats must be >= 1.")
+        if not self.encoder_scale > 0:
+            raise ValueError("eval.encoder_scale: must be > 0.")
+
+
+@register_family
+class AppCBiasFamily(ExperimentFamily):
+    """A study that trains nothing: minibatch estimator bias on a fixed encoder (004 App. C)."""
+
+    name = "appc-bias"
+    description = "minibatch estimators of KL(q(z)||p(z)) and TC against a whole-dataset reference, by batch size"
+    eval_config = AppCEval
+    trains = False
+    defaults = {"data": {"name": "pinwheel"}, "prior": {"name": "isotropic"}, "likelihood": {"name": "gaussian"},
+                "networks": {"name": "pinwheel"}, "divergence": {"type": "exclusive_kl"}}  # fmt: skip
+    main_figure = "figures/appc_bias.png"
+    headline = ("mss_bias_smallest_batch", "mss_bias_largest_batch", "mean_kl_q_zx_p")
+    summary_columns = ("name", "row", "seed", "status", "mss_bias_smallest_batch", "mss_bias_largest_batch",
+                       "mws_bias_smallest_batch", "mean_kl_q_zx_p")  # fmt: skip
+    required_files = ("figures/appc_bias.png",)
+
+    def run_study(self, cfg: Any, run_dir: Path) -> dict[str, Any]:
+        e = cfg.eval
+        out = run_appc_bias(
+            run_dir, size=cfg.size, seed=e.seed, num_data=e.num_data, latent_dim=e.latent_dim,
+            batch_sizes=list(e.batch_sizes), num_repeats=e.num_repeats,
+            num_reference_repeats=e.num_reference_repeats, encoder_scale=e.encoder_scale, figure=e.figures,
+        )  # fmt: skip
+        kl_mss, kl_mws = out["results"]["exclusive_kl/mss"], out["results"]["exclusive_kl/mws"]
+        measures = {
+            "mss_bias_smallest_batch": kl_mss["bias"][0],
+            "mss_bias_largest_batch": kl_mss["bias"][-1],
+            "mws_bias_smallest_batch": kl_mws["bias"][0],
+            "mean_kl_q_zx_p": out["mean_kl_q_zx_p"],
+        }
+        metrics = {"id": cfg.id, "size": cfg.size, "family": self.name, "seed": e.seed, "measures": measures,
+                   "seconds": out["seconds"]}  # fmt: skip
+        write_metrics(run_dir, metrics)
+        return {**metrics, "run_dir": str(run_dir)}

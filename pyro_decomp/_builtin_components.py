@@ -118,11 +118,12 @@ def _mnist_like_data(loader, name: str, root, num_images, test_images, image_siz
 
 @register_data("fashion_mnist", event_dim=3, binary=False, labels="classes")
 def fashion_mnist_data(
-    *, lazy: bool = False, root: str | None = None, num_images: int | None = None, test_images: int | None = 10000,
+    *, lazy: bool = False, root: str | None = None, num_images: int | None = None, test_images: int | None = None,
     image_size: int = 32, seed: int = 0,
 ) -> DataBundle:
     """Fashion-MNIST from a local ``root`` (``root/FashionMNIST/raw``; never downloaded at run time), resized
-    to ``image_size`` (32 in 004). ``num_images`` / ``test_images``: seeded subsets of the official splits."""
+    to ``image_size`` (32 in 004). ``num_images`` / ``test_images``: seeded subsets of the official splits
+    (``null``: all 60,000 / 10,000)."""
     from .data.vision import fashion_mnist
 
     return _mnist_like_data(fashion_mnist, "Fashion-MNIST", root, num_images, test_images, image_size, seed)
@@ -130,7 +131,7 @@ def fashion_mnist_data(
 
 @register_data("mnist", event_dim=3, binary=False, labels="classes")
 def mnist_data(
-    *, lazy: bool = False, root: str | None = None, num_images: int | None = None, test_images: int | None = 10000,
+    *, lazy: bool = False, root: str | None = None, num_images: int | None = None, test_images: int | None = None,
     image_size: int = 28, seed: int = 0,
 ) -> DataBundle:
     """MNIST from a local ``root`` (``root/MNIST/raw``), as :func:`fashion_mnist_data`."""
@@ -226,10 +227,14 @@ def sparse_mixture_prior(latent_dim: int, *, gamma: float = 0.8, sigma0: float =
 
 @register_prior("hierarchical_scale")
 def hierarchical_prior(latent_dim: int, *, log_scale_loc: float = 0.0, log_scale_scale: float = 0.5):
-    """A structured prior program: log s ~ N(loc, scale²), z | s ~ N(0, s² I) (docs/tutorials)."""
-    from .models.structured import hierarchical_scale_prior
+    """A structured prior program: log s ~ N(loc, scale²), z | s ~ N(0, s² I) (docs/tutorials); trained with
+    its own guide, :class:`~pyro_decomp.models.structured.HierarchicalScaleGuide`."""
+    from .models.structured import HierarchicalScaleGuide, hierarchical_scale_prior
 
-    return hierarchical_scale_prior(latent_dim, log_scale_loc=log_scale_loc, log_scale_scale=log_scale_scale)
+    prior = hierarchical_scale_prior(latent_dim, log_scale_loc=log_scale_loc, log_scale_scale=log_scale_scale)
+    # a prior program with latent sites besides z says how to build a guide that samples them too
+    prior.make_guide = lambda encoder: HierarchicalScaleGuide(encoder, latent_dim)  # type: ignore[attr-defined]
+    return prior
 
 
 # ---------------------------------------------------------------------------------------------- likelihoods

@@ -40,6 +40,7 @@ __all__ = [
     "register_likelihood",
     "register_networks",
     "register_prior",
+    "registered",
     "resolve_spec",
 ]
 
@@ -137,6 +138,14 @@ def register_networks(name: str, *, injected: tuple[str, ...] = ("latent_dim", "
 def register_divergence(name: str, *, injected: tuple[str, ...] = ("latent_dim",), **meta: Any):
     """Register a divergence builder ``f(*, **params) -> Divergence | None``."""
     return _register("divergence", name, injected, **meta)
+
+
+def registered(kind: str) -> dict[str, Component]:
+    """The registered parts of ``kind`` by name (built-ins included)."""
+    _load_builtins()
+    if kind not in COMPONENTS:
+        raise ValueError(f"unknown component kind {kind!r}; choose one of {', '.join(COMPONENTS)}.")
+    return dict(COMPONENTS[kind])
 
 
 def component(kind: str, name: str) -> Component:

@@ -255,6 +255,7 @@ def load_run(run_dir: str | Path, *, split: str = "test", device: str = "cpu") -
     if split not in ("test", "train"):
         raise ValueError(f"split must be 'test' or 'train', got {split!r}.")
     exp = _restore_run(run_dir, device=device)
+    exp.vae.eval()  # analysis uses inference mode (BatchNorm's running statistics)
     x = exp.x_test if split == "test" else exp.x_train
     if not isinstance(x, torch.Tensor):  # dSprites training images: all of them, as floats
         x = x[:]

@@ -9,7 +9,7 @@ import torch
 
 from pyro_decomp.config import load_experiment
 from pyro_decomp.data.dsprites import DSprites, LazyImages, PackedImages, pack_bits, unpack_bits
-from pyro_decomp.runner import _dsprites_data, build_experiment, evaluate_run, load_run, run_experiment
+from pyro_decomp.runner import build_experiment, evaluate_run, load_run, run_experiment
 from pyro_decomp.train import Trainer
 
 DATA = DSprites()
@@ -108,7 +108,8 @@ def _cfg(**overrides):
 
 
 def test_experiment_holds_training_images_bit_packed():
-    dataset, x_train, y_train, x_test, y_test = _dsprites_data(_cfg())
+    data = _cfg().data.build(lazy=False)
+    x_train, y_train, x_test, y_test = data.x_train, data.y_train, data.x_test, data.y_test
     assert isinstance(x_train, PackedImages)
     # 3,000 images bit-packed: 1.5 MB, where float32 took 49 MB
     assert x_train.nbytes == 3000 * PACKED_BYTES_PER_IMAGE < 3000 * FLOAT_BYTES_PER_IMAGE / 30
@@ -117,7 +118,8 @@ def test_experiment_holds_training_images_bit_packed():
     assert torch.equal(x_train[:], DATA.render_factors(factors))
     assert torch.equal(x_test, DATA.render_factors(y_test.numpy()))
     # the lazy form (reloading a run) gives the same images, rendering only the rows asked for
-    _, lazy, lazy_y, _, _ = _dsprites_data(_cfg(), lazy_train=True)
+    lazy_data = _cfg().data.build(lazy=True)
+    lazy, lazy_y = lazy_data.x_train, lazy_data.y_train
     assert isinstance(lazy, LazyImages) and tuple(lazy.shape) == (3000, 1, 64, 64)
     assert torch.equal(lazy_y, y_train)
     pick = torch.randperm(3000, generator=torch.Generator().manual_seed(0))[:50]

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from pyro_decomp.config import ConfigError
-from pyro_decomp.experiments.sweep import _grid_figure, aggregate_over_seeds, load_sweep, run_sweep
+from pyro_decomp.experiments import get_family
+from pyro_decomp.experiments.sweep import aggregate_over_seeds, load_sweep, run_sweep
 
 TINY_SWEEP = """
 id: tiny-grid
@@ -168,8 +169,8 @@ def test_grid_figure_skips_an_unreadable_panel(sweep_copy, tmp_path):
     results = [{"status": "ok", "run_dir": str(out / "runs" / name)} for name in RUNS]
     (out / "runs" / RUNS[0] / "figures" / "aggregate_posterior.npz").write_bytes(b"\x00" * 10)
     logs = []
-    _grid_figure(spec, results, tmp_path / "grid.png", logs.append)
-    assert (tmp_path / "grid.png").is_file()
+    written = get_family("pinwheel").sweep_figures(spec, results, tmp_path, logs.append)
+    assert written == [tmp_path / "grid.png"] and (tmp_path / "grid.png").is_file()
     assert logs == [f"[sweep] {RUNS[0]}: {out / 'runs' / RUNS[0] / 'figures' / 'aggregate_posterior.npz'} "
                     "is missing or unreadable; its grid.png panel is left empty"]  # fmt: skip
 

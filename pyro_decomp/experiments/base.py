@@ -160,7 +160,9 @@ class ExperimentFamily:
             )
         prior = cfg.prior.build(latent_dim=m.latent_dim, x_train=data.x_train)
         likelihood = cfg.likelihood.build(event_dim=data.event_dim)
-        vae = VAE(prior, decoder, likelihood, encoder)
+        # a prior program with latent sites besides z brings a guide that samples them (prior.make_guide)
+        make_guide = getattr(prior, "make_guide", None)
+        vae = VAE(prior, decoder, likelihood, encoder, guide=make_guide(encoder) if make_guide else None)
         elbo = DecompositionELBO(
             beta=m.beta,
             alpha=m.alpha,

@@ -97,16 +97,22 @@ def evaluate_pinwheel(
     loc, scale = vae.encode(x)
     loc, scale = loc.cpu().double(), scale.cpu().double()
     prior = vae.prior
-    prior_cpu = prior.distribution()
+    if hasattr(prior, "distribution"):  # a Prior module: closed-form density
+        prior_log_prob, draw_prior = prior.log_prob, lambda m: prior.distribution().sample((m,))
+    else:  # any prior program: the marginal of its latent site (models/marginal.py)
+        from ..models.marginal import ProgramMarginal
+
+        marginal = ProgramMarginal(prior, getattr(prior, "site", "z"), num_samples=256)
+        prior_log_prob, draw_prior = marginal.log_prob, lambda m: marginal.sample((m,))
     n, D = loc.shape
     # samples of q(z): pick an encoder uniformly, then draw from it
     idx = torch.randint(n, (num_samples,), generator=gen)
     zq = loc[idx] + scale[idx] * torch.randn(num_samples, D, generator=gen, dtype=loc.dtype)
     with seeded_torch_rng(seed + 1):
-        zp = prior_cpu.sample((num_samples,)).cpu().double()
+        zp = draw_prior(num_samples).cpu().double()
 
     def log_p(z):
-        return prior.log_prob(z.to(device=device, dtype=torch.get_default_dtype())).cpu().double()
+        return prior_log_prob(z.to(device=device, dtype=torch.get_default_dtype())).cpu().double()
 
     kl_pq = float((log_p(zp) - _mixture_log_density(zp, loc, scale)).mean())
     kl_qp = float((_mixture_log_density(zq, loc, scale) - log_p(zq)).mean())

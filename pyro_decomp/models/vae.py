@@ -24,6 +24,10 @@ class VAE(PyroModule):
     ELBOs accept them. The ELBO finds :attr:`prior` through ``vae.model`` and samples the prior
     program directly, so the decoder does not run twice.
 
+    ``guide``: a guide module for a prior program with more latent sites than ``z`` (it must sample every
+    one of them, e.g. :class:`~pyro_decomp.models.structured.HierarchicalScaleGuide`); the default is the
+    amortised Gaussian guide on ``encoder``.
+
     ``x`` is ``[batch, *obs_shape]`` on the networks' device. Data of another floating dtype (NumPy's
     ``float64``, ``float16``), ``bool`` data and integer data holding only 0 and 1 (dSprites' ``uint8``
     images) are cast to the networks' dtype; other integer data, NaNs, an empty batch or a shape the
@@ -45,6 +49,7 @@ class VAE(PyroModule):
         likelihood: Likelihood,
         encoder: torch.nn.Module,
         *,
+        guide: torch.nn.Module | None = None,
         check_data: bool = True,
         name: str = "",
     ) -> None:
@@ -58,7 +63,12 @@ class VAE(PyroModule):
         self.prior = prior
         self.decoder = decoder
         self.likelihood = likelihood
-        self.guide_module = AmortizedGaussianGuide(encoder, site=getattr(prior, "site", "z"))
+        if guide is None:
+            guide = AmortizedGaussianGuide(encoder, site=getattr(prior, "site", "z"))
+        elif getattr(guide, "encoder", None) is not encoder or not hasattr(guide, "site"):
+            raise TypeError("guide must be a module with the same `encoder` and a `site` attribute (e.g. "
+                            "HierarchicalScaleGuide(encoder, latent_dim)), called as guide(x, dataset_size=...).")  # fmt: skip
+        self.guide_module = guide
         self.check_data = bool(check_data)
         self._checked: tuple[int, tuple[int, ...]] | None = None
 

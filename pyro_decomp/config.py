@@ -309,10 +309,18 @@ def _check_parts(cfg: ExperimentConfig) -> None:
         raise ConfigError(
             f"likelihood.name: data {cfg.data.name!r} has binary images: use bernoulli, got {cfg.likelihood.name!r}."
         )
-    try:
-        cfg.divergence.build(latent_dim=cfg.model.latent_dim)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    import torch
+
+    # build the cheap parts once to check their values (a prior that needs the data is checked when built);
+    # on a forked RNG, so validating a config never moves the caller's random stream
+    with torch.random.fork_rng(devices=[]):
+        try:
+            cfg.divergence.build(latent_dim=cfg.model.latent_dim)
+            if "x_train" not in cfg.prior.component().injected:
+                cfg.prior.build(latent_dim=cfg.model.latent_dim)
+            cfg.likelihood.build(event_dim=event_dim or 1)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 def _networks_event_dim(name: str) -> int | None:

@@ -57,7 +57,7 @@ def test_run_end_to_end_then_resume_and_eval(tmp_path):
         (["run", "fig3-pinwhel"], "unknown experiment 'fig3-pinwhel'. Did you mean 'fig3-pinwheel'"),
         (["run", "fig3-pinwheel", "model.bta=2"], "Did you mean 'model.beta'"),
         (["run", "fig3-pinwheel", "train.steps=ten"], "train.steps: expected an integer, got 'ten'"),
-        (["run", "fig3-pinwheel", "prior.means=diag"], "choose one of corners, axes"),
+        (["run", "fig3-pinwheel", "prior.means=diag"], "choose 'corners' or 'axes'"),
         (["run", "fig3-pinwheel", "--size", "huge"], "unknown size 'huge'"),
         (["run", "fig3-pinwheel-grid"], "is a sweep"),
         (["run", "missing.yaml"], "does not exist"),
@@ -150,5 +150,15 @@ def test_appc_bias_runs_from_the_cli(tmp_path, capsys):
     assert main(["run", "appC-bias", "--smoke", "--out", str(out)]) == 0
     result = json.loads((out / "appc_bias.json").read_text())
     assert (out / "figures" / "appc_bias.png").is_file() and result
+    metrics = json.loads((out / "metrics.json").read_text())
+    kl = result["results"]["exclusive_kl/mss"]
+    assert metrics["measures"]["mss_bias_smallest_batch"] == kl["bias"][0]
+    # App. C: the MSS bias shrinks as the batch grows (at B = n it is only the reference's noise)
+    assert abs(kl["bias"][-1]) < abs(kl["bias"][0])
     assert main(["run", "appC-bias", "--smoke", "model.beta=2"]) == 2
-    assert "takes only --smoke/--size and --out" in capsys.readouterr().err
+    assert "trains no model, so model.* settings do not apply" in capsys.readouterr().err
+    # its settings are eval keys, typed and checked like any other
+    assert main(["run", "appC-bias", "--smoke", "--out", str(tmp_path / "b"), "eval.batch_sizes=[1]"]) == 2
+    assert "eval.batch_sizes: must be a non-empty list of sizes >= 2" in capsys.readouterr().err
+    assert main(["run", "appC-bias", "--smoke", "--out", str(out)]) == 2  # results there: refuse, keep them
+    assert "already holds results" in capsys.readouterr().err and (out / "appc_bias.json").is_file()

@@ -23,19 +23,20 @@ def test_shipped_experiments_load():
     assert paper.size == "paper" and paper.train.steps == 500 and paper.train.batch_size is None
     assert paper.train.lr == 1e-3 and paper.train.adam_betas == [0.9, 0.999]
     assert paper.data.arms * paper.data.per_arm == 400
-    assert (paper.prior.n_components, paper.prior.variance, paper.model.divergence) == (4, 0.03, "inclusive_kl")
+    assert (paper.prior.n_components, paper.prior.variance, paper.divergence.type) == (4, 0.03, "inclusive_kl")
+    assert (paper.family, paper.networks.hidden_dim, paper.likelihood.scale) == ("pinwheel", 100, None)
     smoke = load_experiment("fig3-pinwheel", size="smoke")
     assert smoke.size == "smoke" and smoke.train.steps < paper.train.steps
 
 
 def test_overrides_are_typed_and_applied_after_the_size():
     over = parse_overrides(
-        ["train.steps=7", "model.beta=0.5", "model.num_prior_samples=null", "train.adam_betas=[0.5, 0.9]"]
+        ["train.steps=7", "model.beta=0.5", "divergence.num_prior_samples=null", "train.adam_betas=[0.5, 0.9]"]
     )
     assert over == {
         "train.steps": 7,
         "model.beta": 0.5,
-        "model.num_prior_samples": None,
+        "divergence.num_prior_samples": None,
         "train.adam_betas": [0.5, 0.9],
     }
     cfg = load_experiment("fig3-pinwheel", size="smoke", overrides=over)
@@ -50,14 +51,15 @@ def test_overrides_are_typed_and_applied_after_the_size():
     [
         ({"model.bta": 1.0}, r"unknown config key 'model.bta'. Did you mean 'model.beta'"),
         ({"trian.steps": 1}, r"unknown config key 'trian.steps'. Did you mean 'train.steps'"),
-        ({"train": 3}, r"'train' is a config section; override one of its options: train.steps"),
+        ({"train": 3}, r"'train' is a config section; override one of its options: train.adam_betas, .*train.steps"),
         ({"train.steps": "many"}, r"train.steps: expected an integer, got 'many'"),
         ({"train.steps": -1}, r"train.steps: must be >= 0"),
         ({"model.beta": True}, r"model.beta: expected a number"),
-        ({"prior.means": "diagonal"}, r"prior.means: invalid value 'diagonal'; choose one of corners, axes"),
-        ({"model.divergence": "mmd"}, r"choose one of none, inclusive_kl, mmd_imq, mmd_rbf, mmd_per_dim"),
+        ({"prior.means": "diagonal"}, r"prior 'mixture': Unknown means layout 'diagonal'; choose 'corners' or 'axes'"),
+        ({"divergence.type": "mmd_x"}, r"unknown divergence 'mmd_x'. Did you mean 'mmd'.* Choose one of: beta_tcvae, "
+                                        "capacity, dip_vae, exclusive_kl, factor_vae, inclusive_kl, mmd, none"),
         ({"train.device": "tpu"}, r"train.device: invalid value 'tpu'; choose one of auto, cpu, cuda"),
-        ({"model.divergence": "none"}, r"alpha > 0 needs a divergence"),
+        ({"divergence.type": "none"}, r"alpha > 0 needs a divergence; set divergence.type to one of beta_tcvae"),
     ],
     ids=["typo", "section-typo", "section-scalar", "type", "range", "bool", "choice", "divergence", "device", "alpha"],
 )

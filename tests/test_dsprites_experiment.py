@@ -11,7 +11,7 @@ from pyro_decomp.config import ConfigError, load_experiment
 def test_thesis_dsprites_smoke_run(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["run", "thesis-5.6", "--smoke", "--out", str(out), "--no-progress",
-            "model.divergence=beta_tcvae", "model.alpha=1.0", "model.tc_weight=6.0",
+            "divergence.type=beta_tcvae", "model.alpha=1.0", "divergence.tc_weight=6.0",
             "data.num_images=256", "data.test_images=64", "train.steps=6", "train.checkpoint_every=3",
             "eval.metric_num_train=10", "eval.metric_num_eval=10", "eval.metric_group_size=4",
             "eval.metric_num_variance=64", "eval.metric_num_points=64", "eval.loss_images=64",
@@ -38,9 +38,12 @@ def test_thesis_dsprites_smoke_run(tmp_path, capsys):
 
 
 def test_dsprites_config_errors_name_the_key():
-    with pytest.raises(ConfigError, match="model.networks: data.name=dsprites needs image networks"):
-        load_experiment("thesis-5.6", size="smoke", overrides={"model.networks": "pinwheel"})
-    with pytest.raises(ConfigError, match="model.divergence: invalid value 'dip_vae'; choose one of"):
-        load_experiment("thesis-5.6", size="smoke", overrides={"model.divergence": "dip_vae"})
+    with pytest.raises(ConfigError, match="networks.name: 'pinwheel' takes vectors, but data 'dsprites' is images; "
+                                          "choose one of burgess, celeba, fashion_mnist, shapes"):
+        load_experiment("thesis-5.6", size="smoke", overrides={"networks.name": "pinwheel"})
+    with pytest.raises(ConfigError, match="divergence 'dip_vae': .*kind"):
+        load_experiment("thesis-5.6", size="smoke", overrides={"divergence.type": "dip_vae", "divergence.kind": "iii"})
+    with pytest.raises(ConfigError, match="data 'dsprites' has binary images: use bernoulli"):
+        load_experiment("thesis-5.6", size="smoke", overrides={"likelihood.name": "gaussian"})
     with pytest.raises(ConfigError, match="unknown config key 'data.num_image'"):
         load_experiment("thesis-5.6", size="smoke", overrides={"data.num_image": 10})

@@ -109,7 +109,7 @@ def test_svi_step_end_to_end(estimator):
 def test_run_appc_bias_smoke(tmp_path):
     import json
 
-    from pyro_decomp.experiments_appc import run_appc_bias
+    from pyro_decomp.experiments.appc_bias import run_appc_bias
 
     # a reduced smoke size: n = 300, B in {4, 300}, 5 repeats
     out = run_appc_bias(tmp_path, num_data=300, batch_sizes=[4, 300], num_repeats=5, num_reference_repeats=2)

@@ -394,7 +394,9 @@ def test_two_seed_sweep_writes_mean_sd_interval_and_curves(tmp_path):
 def test_thesis_table_sweep_aggregates_ten_seeds_per_beta(tmp_path):
     """thesis-5.3 (Table 5.3: mean ± sd over 10 seeds per β) through the dSprites summary path, on synthetic
     metric values (no training): one row per β, each metric's mean and sd as numpy computes them."""
-    from pyro_decomp.experiments.sweep import IMAGE_SUMMARY_COLUMNS, _curves_figure, _row, _write_tables
+    from pyro_decomp.experiments.sweep import _curves_figure, _row, _write_tables
+
+    IMAGE_SUMMARY_COLUMNS = get_family("images").summary_columns
 
     spec = load_sweep("thesis-5.3")
     assert len(spec.runs) == 40 and sorted({r.seed for r in spec.runs}) == list(range(10))

@@ -249,6 +249,13 @@ class AppCBiasFamily(ExperimentFamily):
                        "mws_bias_smallest_batch", "mean_kl_q_zx_p")  # fmt: skip
     required_files = ("figures/appc_bias.png",)
 
+    def check_config(self, cfg: Any) -> None:
+        from ..config import ModelConfig
+
+        if cfg.model != ModelConfig():
+            raise ValueError(f"{cfg.id}: the appc-bias study trains no model, so model.* settings do not apply; "
+                             "set its eval.* settings (num_data, batch_sizes, num_repeats, ...) instead.")  # fmt: skip
+
     def run_study(self, cfg: Any, run_dir: Path) -> dict[str, Any]:
         e = cfg.eval
         out = run_appc_bias(

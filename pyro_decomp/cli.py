@@ -323,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 _OUT_OF_MEMORY = (
     "out of memory: the config asks for more memory than this machine has; lower the sizes "
-    "(model.hidden_dim, model.latent_dim, data.*, train.batch_size, model.num_particles)."
+    "(networks.hidden_dim, model.latent_dim, data.*, train.batch_size, model.num_particles)."
 )
 
 

@@ -320,7 +320,7 @@ def load_module_state(module: torch.nn.Module, state: Mapping[str, Any], path: s
     """``module.load_state_dict(state)`` with a one-line :class:`CheckpointError` when they do not fit.
 
     The message names the first parameter whose shape differs (or that is missing or unexpected), which
-    says which config key changed (e.g. ``model.hidden_dim``).
+    says which config key changed (e.g. ``networks.hidden_dim``).
     """
     own = module.state_dict()
     where = f"checkpoint {str(path)!r}" if path is not None else "the checkpoint"

@@ -3,8 +3,6 @@ quadrature, independent computations and metric sanity cases. Sizes are tiny; to
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import scipy.integrate
@@ -20,6 +18,7 @@ from pyro_decomp.analysis import (
     aggregate_posterior_samples,
     dimensionwise_kl_to_prior,
     encode_images,
+    evaluate_disentanglement,
     format_metric_table,
     image_metric_suite,
     kl_order,
@@ -70,13 +69,13 @@ class FactorsAsObservations(GroundTruthDataset):
 TOY = FactorsAsObservations()
 TINY = dict(
     group_size=16,
-    num_train=300,
+    num_train=200,
     num_eval=200,
     num_variance_estimate=500,
     num_points=1000,
-    num_test=200,
-    downstream_train_sizes=(20, 300),
-    efficiency_sizes=(20, 300),
+    num_test=150,
+    downstream_train_sizes=(20, 200),
+    efficiency_sizes=(20, 200),
 )
 
 
@@ -106,11 +105,11 @@ def test_suite_keys(suites):
     perfect, _ = suites
     expected = {
         "beta_vae", "factor_vae", "mig", "dci_disentanglement", "dci_completeness", "dci_informativeness", "sap",
-        "downstream_accuracy_20", "downstream_accuracy_300", "sample_efficiency", "details", "sizes",
+        "downstream_accuracy_20", "downstream_accuracy_200", "sample_efficiency", "details", "sizes",
     }  # fmt: skip
     assert set(perfect) == expected
     assert set(perfect["details"]) == set(METRIC_NAMES)
-    assert perfect["sizes"]["efficiency_sizes"] == [20, 300]
+    assert perfect["sizes"]["efficiency_sizes"] == [20, 200]
 
 
 def test_suite_perfect_representation_scores_high_random_low(suites):
@@ -118,13 +117,13 @@ def test_suite_perfect_representation_scores_high_random_low(suites):
     # perfect codes: every score at (or near) its maximum with these sizes
     for key in ("beta_vae", "factor_vae", "mig", "dci_disentanglement", "dci_completeness", "dci_informativeness"):
         assert perfect[key] >= 0.9, key
-    assert perfect["downstream_accuracy_300"] >= 0.95
+    assert perfect["downstream_accuracy_200"] >= 0.95
     # random codes: chance-level classifiers; the mean chance accuracy over factors of 4, 5, 6 classes is 0.206
     assert random["dci_informativeness"] < 0.35
-    assert random["downstream_accuracy_300"] < 0.35
+    assert random["downstream_accuracy_200"] < 0.35
     assert random["mig"] < 0.05 and random["dci_disentanglement"] < 0.2 and random["sap"] < 0.05
     assert random["factor_vae"] < 0.6 and random["beta_vae"] < 0.6  # chance 1/3; 200 eval votes
-    for key in ("beta_vae", "factor_vae", "mig", "dci_disentanglement", "downstream_accuracy_300"):
+    for key in ("beta_vae", "factor_vae", "mig", "dci_disentanglement", "downstream_accuracy_200"):
         assert perfect[key] > random[key] + 0.5, key
     # discrete SAP scores single codes by a heavily regularised linear SVM (C = 0.01), which cannot carve a
     # 4-6 class factor out of one dimension, so even perfect codes score low (0.19 measured); still above random
@@ -140,7 +139,7 @@ def test_suite_sap_continuous_perfect_vs_random():
 
 def test_sample_efficiency_is_the_accuracy_ratio(suites):
     for s in suites:
-        assert s["sample_efficiency"] == pytest.approx(s["downstream_accuracy_20"] / s["downstream_accuracy_300"])
+        assert s["sample_efficiency"] == pytest.approx(s["downstream_accuracy_20"] / s["downstream_accuracy_200"])
 
 
 def test_suite_metric_seed_independent_of_selection(suites):
@@ -323,9 +322,9 @@ def test_perturbation_inputs():
 # ------------------------------------------------------------------------------------------------ robustness
 def test_robustness_report(vae):
     data = DSprites()
-    sizes = dict(num_points=200, batch_size=128)
+    sizes = dict(num_points=100, batch_size=128)
     report = robustness_report(
-        vae, data, random_state=0, num_images=64, flip_probabilities=(0.0, 0.05), metrics=["mig"], metric_sizes=sizes
+        vae, data, random_state=0, num_images=32, flip_probabilities=(0.0, 0.05), metrics=["mig"], metric_sizes=sizes
     )
     assert report["conditions"] == ["clean", "flip_0", "flip_0.05", "triangle", "inverted"]
     per = report["per_condition"]
@@ -338,7 +337,7 @@ def test_robustness_report(vae):
         assert per[name]["code_shift"] > 0 and per[name]["relative_code_shift"] > 0
     # independent recomputation of the clean entries
     rng = np.random.default_rng(0)
-    factors = data.sample_factors(64, rng)
+    factors = data.sample_factors(32, rng)
     x = data.sample_observations_from_factors(factors)
     with torch.no_grad():
         loc, scale = vae.encode(x)
@@ -388,8 +387,9 @@ def test_latent_traversal_matches_direct_decoding(vae):
 def test_robustness_traversal_figures(vae):
     data = DSprites()
     inputs = perturbation_inputs(data, data.sample_factors(2, 0), random_state=0, flip_probabilities=(0.01,))
-    figures = plot_robustness_traversals(vae, inputs, kl_order([0.1, 0.4, 0.3, 0.2]), num_latents=2, steps=4)
-    assert list(figures) == list(inputs) and len(figures["triangle"].axes) == 3 * 4
+    figures = plot_robustness_traversals(vae, inputs, kl_order([0.1, 0.4, 0.3, 0.2]), num_latents=2, steps=3)
+    assert list(figures) == list(inputs) and len(figures["triangle"].axes) == 3 * 3
+    assert figures["triangle"].axes[3].get_ylabel() == "z1"  # the most informative latent first
 
 
 def test_aggregate_posterior_samples_moments():
@@ -434,3 +434,26 @@ def test_mean_representation_and_encode_images(vae):
     assert scale.shape == (5, 4) and bool((scale > 0).all())
     with pytest.raises(TypeError, match="VAE"):
         mean_representation(object())
+
+
+def test_evaluate_disentanglement_one_call(vae, tmp_path):
+    data = DSprites()
+    images = data.sample(32, 0)[1]
+    out = evaluate_disentanglement(
+        vae, data, images, random_state=0, figures_dir=tmp_path,
+        metric_sizes={"metrics": ["mig"], "num_points": 100},
+        robustness={"num_images": 8, "flip_probabilities": (), "inverted": False, "metrics": ()},
+        histogram_samples=500, traversal_steps=3,
+    )  # fmt: skip
+    loc, scale = encode_images(vae, images)
+    np.testing.assert_allclose(out["dimensionwise_kl"], dimensionwise_kl(loc.numpy(), scale.numpy()), rtol=1e-10)
+    assert out["kl_order"] == kl_order(out["dimensionwise_kl"]).tolist() and out["kl_method"] == "closed_form"
+    assert out["active_units"] == int((loc.var(0, unbiased=False) > 0.01).sum())
+    assert set(out["scores"]) == {"mig", "details", "sizes"}
+    assert out["robustness"]["conditions"] == ["clean", "triangle"]
+    names = sorted(p.split("/")[-1] for p in out["figures"])
+    assert names == sorted(
+        ["traversals.png", "aggregate_posterior.png", "mu_sigma_kde.png"]
+        + [f"robustness_traversals_{c}.png" for c in ("clean", "triangle")]
+    )
+    assert all((tmp_path / n).stat().st_size > 1000 for n in names)

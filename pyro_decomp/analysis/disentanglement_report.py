@@ -69,6 +69,7 @@ __all__ = [
     "aggregate_posterior_samples",
     "dimensionwise_kl_to_prior",
     "encode_images",
+    "evaluate_disentanglement",
     "format_metric_table",
     "image_metric_suite",
     "kl_order",
@@ -203,15 +204,20 @@ def _reconstruct_means(vae: Any, loc: torch.Tensor, batch_size: int) -> torch.Te
 
 
 @torch.no_grad()
-def _reconstruction_nll(vae: Any, loc: torch.Tensor, targets: torch.Tensor, batch_size: int) -> np.ndarray:
-    """``-log p(target | z = loc)`` per image (nats), ``[n]``."""
+def _decode_stats(
+    vae: Any, loc: torch.Tensor, inputs: torch.Tensor, clean: torch.Tensor, batch_size: int
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """One decoder pass at ``loc [n, latent]``: the reconstruction means ``[n, ...]`` and ``-log p(x | z = loc)``
+    per image (nats, ``[n]``) of ``inputs`` and of ``clean``."""
     device = _vae_device(vae)
-    out = []
-    for z, x in zip(loc.split(batch_size), targets.split(batch_size), strict=True):
+    means, nll_in, nll_clean = [], [], []
+    for z, x, c in zip(loc.split(batch_size), inputs.split(batch_size), clean.split(batch_size), strict=True):
         params = vae.decoder(z.to(device=device, dtype=torch.float32))
-        lp = vae.likelihood.distribution(params).log_prob(x.to(device=device, dtype=params.dtype))
-        out.append(-lp.reshape(len(z), -1).sum(-1).cpu().double())
-    return torch.cat(out).numpy()
+        d = vae.likelihood.distribution(params)
+        means.append(d.mean.cpu().double())
+        nll_in.append(-d.log_prob(x.to(device=device, dtype=params.dtype)).reshape(len(z), -1).sum(-1).cpu().double())
+        nll_clean.append(-d.log_prob(c.to(device=device, dtype=params.dtype)).reshape(len(z), -1).sum(-1).cpu().double())
+    return torch.cat(means), torch.cat(nll_in).numpy(), torch.cat(nll_clean).numpy()
 
 
 # ------------------------------------------------------------------------------------------------ metric suite
@@ -834,15 +840,20 @@ def robustness_report(
     metric_seed = int(rng.integers(2**31 - 1))
     representation = mean_representation(vae)
     clean = inputs["clean"]
-    clean_loc, _ = encode_images(vae, clean, batch_size=batch_size)
-    clean_recon = _reconstruct_means(vae, clean_loc, batch_size)
+    clean_loc, clean_scale = encode_images(vae, clean, batch_size=batch_size)
+    clean_stats = _decode_stats(vae, clean_loc, clean, clean, batch_size)
+    clean_recon = clean_stats[0]
     # mean distance between the clean codes of different images: pair image j with image j + 1 (cyclic)
     baseline = float((clean_loc - clean_loc.roll(1, 0)).norm(dim=1).mean())
     per_condition: dict[str, dict[str, Any]] = {}
     for name, x in inputs.items():
-        loc, scale = encode_images(vae, x, batch_size=batch_size)
+        if name == "clean":
+            loc, scale = clean_loc, clean_scale
+            recon, nll_input, nll_clean = clean_stats
+        else:
+            loc, scale = encode_images(vae, x, batch_size=batch_size)
+            recon, nll_input, nll_clean = _decode_stats(vae, loc, x, clean, batch_size)
         kl = dimensionwise_kl_to_prior(loc, scale, prior, num_samples=kl_num_samples, random_state=kl_seed)
-        recon = clean_recon if name == "clean" else _reconstruct_means(vae, loc, batch_size)
         shift = float((loc - clean_loc).norm(dim=1).mean())
         entry: dict[str, Any] = {
             "kl_to_prior": kl["kl"].tolist(),
@@ -853,8 +864,8 @@ def robustness_report(
             "mean_encoder_std": float(scale.mean()),
             "code_shift": shift,
             "relative_code_shift": shift / baseline if baseline > 0 else float("nan"),
-            "reconstruction_nll_input": float(_reconstruction_nll(vae, loc, x, batch_size).mean()),
-            "reconstruction_nll_clean": float(_reconstruction_nll(vae, loc, clean, batch_size).mean()),
+            "reconstruction_nll_input": float(nll_input.mean()),
+            "reconstruction_nll_clean": float(nll_clean.mean()),
             "reconstruction_change": float((recon - clean_recon).abs().mean()),
             "reconstruction_spread": float(recon.reshape(len(recon), -1).var(0, unbiased=False).mean()),
         }
@@ -1110,7 +1121,101 @@ def plot_mu_sigma_kdes(
         ax.tick_params(labelsize=7)
         if dims:
             ax.legend(fontsize=6)
+        else:
+            ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes, fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig, active
+
+
+# ------------------------------------------------------------------------------------------------ one call
+def evaluate_disentanglement(
+    vae: Any,
+    dataset: GroundTruthDataset,
+    images: torch.Tensor,
+    *,
+    random_state: RandomState,
+    figures_dir: Any = None,
+    metric_sizes: Mapping[str, Any] | None = None,
+    robustness: Mapping[str, Any] | None = None,
+    kl_num_samples: int = 1_000,
+    traversal_limit: float = 3.0,
+    traversal_steps: int = 10,
+    histogram_samples: int = 10_000,
+    batch_size: int = 256,
+) -> dict[str, Any]:
+    """The whole Table 5.6 evaluation of one trained image VAE, for a runner to call once per run.
+
+    1. Encodes ``images`` (test images) and computes the dimension-wise KL against ``vae.prior``
+       (:func:`dimensionwise_kl_to_prior`), its order and the active units (``Var μ > 0.01``).
+    2. :func:`image_metric_suite` of the encoder mean on ``dataset`` (``metric_sizes`` passed through).
+    3. :func:`robustness_report` (``robustness`` passed through as keyword arguments, e.g.
+       ``{"num_images": 1000, "metric_sizes": {...}}``; pass ``None`` to skip it).
+    4. With ``figures_dir``: ``traversals.png`` (first test image, rows by KL), ``aggregate_posterior.png``,
+       ``mu_sigma_kde.png`` and ``robustness_traversals_<condition>.png`` (each PNG through
+       :func:`pyro_decomp.analysis.plots.save_figure`).
+
+    :returns: ``{"scores": suite dict, "dimensionwise_kl": [latent], "kl_order": [latent], "kl_method": str,
+        "active_units": int, "active": [latent] bools, "robustness": report or None, "figures": [paths]}``;
+        JSON-able.
+    """
+    from pathlib import Path
+
+    from pyro_decomp.analysis.plots import save_figure
+
+    _check_vae(vae)
+    if not isinstance(images, torch.Tensor) or images.dim() < 2 or images.shape[0] < 2:
+        raise TypeError("images must be a torch.Tensor of at least 2 test images [n, ...]")
+    rng = as_generator(random_state)
+    seeds = rng.integers(2**31 - 1, size=4).tolist()
+    loc, scale = encode_images(vae, images, batch_size=batch_size)
+    kl = dimensionwise_kl_to_prior(loc, scale, vae.prior, num_samples=kl_num_samples, random_state=seeds[0])
+    order = kl_order(kl["kl"])
+    active = (loc.var(0, unbiased=False) > ACTIVE_UNIT_THRESHOLD).numpy()
+    scores = image_metric_suite(
+        dataset, mean_representation(vae), random_state=seeds[1], batch_size=batch_size, **dict(metric_sizes or {})
+    )
+    report = None
+    if robustness is not None:
+        options = {"kl_num_samples": kl_num_samples, "batch_size": batch_size, **dict(robustness)}
+        report = robustness_report(vae, dataset, random_state=seeds[2], **options)
+    paths: list[str] = []
+    if figures_dir is not None:
+        out = Path(figures_dir)
+        figs = {
+            "traversals": plot_traversals(
+                vae, images[:1], order, kl=kl["kl"], limit=traversal_limit, steps=traversal_steps,
+                title="latent traversals, rows by dimension-wise KL to the prior",
+            ),
+            "aggregate_posterior": plot_aggregate_posterior_histograms(
+                loc, scale, vae.prior, order=order, kl=kl["kl"], num_samples=histogram_samples, random_state=seeds[3]
+            ),
+            "mu_sigma_kde": plot_mu_sigma_kdes(loc, scale, order=order)[0],
+        }  # fmt: skip
+        if report is not None:
+            factors = dataset.sample_factors(1, seeds[3])
+            inputs = perturbation_inputs(
+                dataset, factors, random_state=seeds[3],
+                flip_probabilities=robustness.get("flip_probabilities", (0.001, 0.01, 0.05)),
+                triangle=robustness.get("triangle", True), inverted=robustness.get("inverted", True),
+            )  # fmt: skip
+            for name, fig in plot_robustness_traversals(
+                vae, inputs, order, num_latents=None, limit=traversal_limit, steps=traversal_steps
+            ).items():
+                figs[f"robustness_traversals_{name}"] = fig
+        for name, fig in figs.items():
+            paths.append(str(save_figure(fig, out / f"{name}.png")))
+    return {
+        "scores": scores,
+        "dimensionwise_kl": kl["kl"].tolist(),
+        "dimensionwise_kl_standard_error": kl["standard_error"].tolist(),
+        "kl_method": kl["method"],
+        "kl_order": order.tolist(),
+        "active_units": int(active.sum()),
+        "active": active.tolist(),
+        "robustness": report,
+        "figures": paths,
+    }

@@ -1,6 +1,31 @@
-"""Posterior analysis: ArviZ InferenceData, NUTS ground truth and the amortisation gap (SPEC §8)."""
+"""Posterior analysis: ArviZ InferenceData, NUTS ground truth and the amortisation gap, and the thesis'
+Table 5.6 evaluation of image VAEs (disentanglement scores, robustness, Spearman, figures) (SPEC §6-§8)."""
 
 from .amortisation import amortisation_report, analyse, analyse_run, save_report
+from .disentanglement_report import (
+    METRIC_NAMES,
+    FlippedPixels,
+    InvertedColours,
+    OutOfDistributionShape,
+    aggregate_posterior_samples,
+    dimensionwise_kl_to_prior,
+    encode_images,
+    evaluate_disentanglement,
+    format_metric_table,
+    image_metric_suite,
+    kl_order,
+    latent_traversal,
+    mean_representation,
+    metric_table,
+    perturbation_inputs,
+    plot_aggregate_posterior_histograms,
+    plot_mu_sigma_kdes,
+    plot_robustness_traversals,
+    plot_spearman_heatmap,
+    plot_traversals,
+    robustness_report,
+    spearman_between_metrics,
+)
 from .arviz import (
     load_inference_data,
     nuts_diagnostics,
@@ -10,13 +35,35 @@ from .arviz import (
 )
 
 __all__ = [
+    "aggregate_posterior_samples",
     "amortisation_report",
     "analyse",
     "analyse_run",
+    "dimensionwise_kl_to_prior",
+    "encode_images",
+    "evaluate_disentanglement",
+    "FlippedPixels",
+    "format_metric_table",
+    "image_metric_suite",
+    "InvertedColours",
+    "kl_order",
+    "latent_traversal",
     "load_inference_data",
+    "mean_representation",
+    "METRIC_NAMES",
+    "metric_table",
     "nuts_diagnostics",
+    "OutOfDistributionShape",
+    "perturbation_inputs",
+    "plot_aggregate_posterior_histograms",
+    "plot_mu_sigma_kdes",
+    "plot_robustness_traversals",
+    "plot_spearman_heatmap",
+    "plot_traversals",
+    "robustness_report",
     "sample_posterior_nuts",
     "save_inference_data",
     "save_report",
+    "spearman_between_metrics",
     "to_inference_data",
 ]

@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 import pytest
 
 from pyro_decomp.cli import main
@@ -47,3 +49,38 @@ def test_dsprites_config_errors_name_the_key():
         load_experiment("thesis-5.6", size="smoke", overrides={"likelihood.name": "gaussian"})
     with pytest.raises(ConfigError, match="unknown config key 'data.num_image'"):
         load_experiment("thesis-5.6", size="smoke", overrides={"data.num_image": 10})
+
+
+TINY_SUITE = ["data.num_images=256", "data.test_images=64", "train.steps=4", "train.checkpoint_every=4",
+              "train.tensorboard=false", "train.threads=1", "eval.metric_num_train=12", "eval.metric_num_eval=8",
+              "eval.metric_group_size=4", "eval.metric_num_variance=64", "eval.metric_num_points=64",
+              "eval.loss_images=64", "eval.metric_num_test=32", "eval.downstream_train_sizes=[10, 20]",
+              "eval.efficiency_sizes=[10, 20]", "eval.kl_samples=50"]  # fmt: skip
+
+
+def test_full_table_5_6_suite_with_robustness_and_classes_by_shape(tmp_path):
+    out = tmp_path / "run"
+    argv = ["run", "thesis-5.6", "--smoke", "--out", str(out), "--no-progress", *TINY_SUITE,
+            "eval.full_suite=true", "eval.robustness=true", "eval.robustness_images=16",
+            "eval.flip_probabilities=[0.0, 0.05]", "eval.class_factor=shape", "prior.name=student_t",
+            "prior.df=3"]  # fmt: skip
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    m = metrics["measures"]
+    for key in ("beta_vae_score", "factor_vae_score", "mig", "dci_disentanglement", "dci_completeness",
+                "dci_informativeness", "sap", "sample_efficiency"):  # fmt: skip
+        assert isinstance(m[key], float) and np.isfinite(m[key]), key
+    assert 0.0 <= m["dci_disentanglement"] <= 1.0 and m["sample_efficiency"] > 0
+    # the dimension-wise KL is against the run's own prior (Student-t): Monte Carlo, not the N(0, 1) closed form
+    assert metrics["dimensionwise_kl_method"] == "monte_carlo" and len(metrics["dimensionwise_kl"]) == 10
+    robust = metrics["table_5_6"]["robustness"]["per_condition"]
+    assert {"clean", "inverted", "triangle"} <= set(robust)
+    # flipping with probability 0 is the clean input: the codes do not move
+    assert set(robust) == {"clean", "flip_0", "flip_0.05", "triangle", "inverted"}
+    assert robust["flip_0"]["code_shift"] == pytest.approx(0.0, abs=1e-6)
+    assert robust["flip_0.05"]["code_shift"] > 0
+    classes = metrics["class_magnitudes"]
+    assert classes["classes"] == ["square", "ellipse", "heart"] and np.array(classes["values"]).shape == (3, 10)
+    for name in ("traversals.png", "aggregate_posterior.png", "mu_sigma_kde.png", "class_magnitudes.png",
+                 "robustness_traversals_inverted.png"):  # fmt: skip
+        assert (out / "figures" / name).is_file(), name

@@ -576,6 +576,11 @@ class DSprites(GroundTruthDataset, torch.utils.data.Dataset):
     def observation_shape(self) -> tuple[int, ...]:
         return (1, IMAGE_SIZE, IMAGE_SIZE)
 
+    @property
+    def factor_value_names(self) -> dict[str, tuple[str, ...]]:
+        """Names of the categorical factors' values (for labelling figures)."""
+        return {"shape": ("square", "ellipse", "heart")}
+
     def sample_observations_from_factors(self, factors: np.ndarray, random_state: RandomState = None) -> torch.Tensor:
         """Images ``[num, 1, 64, 64]`` for integer ``factors [num, 5]`` (rendering is deterministic,
         so ``random_state`` is unused)."""

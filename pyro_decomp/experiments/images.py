@@ -3,10 +3,14 @@
 What is measured depends on what the data offers, not on its name:
 
 * always: the final loss terms on ``eval.loss_images`` images per split, active units, dimension-wise KL of
-  the test encodings against the run's own prior (:func:`dimensionwise_kl_to_prior`), the Hoyer sparsity
+  the test encodings against the run's own prior
+  (:func:`~pyro_decomp.analysis.disentanglement_report.dimensionwise_kl_to_prior`), the Hoyer sparsity
   of the mean encodings (004 §5), and latent traversals sorted by dimension-wise KL;
 * data with ground-truth factors (``DataBundle.ground_truth``): the FactorVAE and BetaVAE scores and MIG of
-  the encoder mean, on images sampled from the whole factor grid;
+  the encoder mean, on images sampled from the whole factor grid; with ``eval.full_suite`` the whole thesis
+  Table 5.6 evaluation (:func:`~pyro_decomp.analysis.evaluate_disentanglement`: also DCI, SAP, downstream
+  accuracy and sample efficiency, histograms of q(z_i) against the prior, KDEs of μ and σ, and with
+  ``eval.robustness`` pixel-flip noise, an out-of-distribution triangle and inversion);
 * data with class labels: the average encoding magnitude per class (004 Fig. 7), as a table and a figure.
 """
 
@@ -14,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +29,7 @@ import torch
 from ..train import seeded_torch_rng
 from .base import Experiment, ExperimentFamily, register_family, write_metrics
 
-__all__ = ["ImageEval", "ImageFamily", "dimensionwise_kl_to_prior"]
+__all__ = ["ImageEval", "ImageFamily", "class_magnitudes", "traversal_figure"]
 
 
 @dataclass
@@ -42,7 +46,21 @@ class ImageEval:
     loss_images: int = 2048  # images (per split) for the final loss terms
     traversal_range: float = 3.0  # latent traversals over [-r, r] (SPEC §8)
     traversal_steps: int = 10
-    kl_samples: int = 64  # Monte Carlo draws per encoding for the dimension-wise KL of a non-Gaussian prior
+    kl_samples: int = 1000  # Monte Carlo draws for the dimension-wise KL of a non-Gaussian prior
+    # the whole thesis Table 5.6 evaluation (data with factors): DCI, SAP, downstream accuracy and sample
+    # efficiency as well, histograms of q(z_i) against the prior, KDEs of mu and sigma
+    full_suite: bool = False
+    metric_num_test: int = 5_000  # DCI / SAP / downstream: test points
+    downstream_train_sizes: list[int] = field(default_factory=lambda: [10, 100, 1000, 10000])
+    efficiency_sizes: list[int] = field(default_factory=lambda: [100, 10000])  # sample efficiency: acc(a)/acc(b)
+    # robustness (thesis §5.6, with full_suite): pixel-flip noise, an out-of-distribution triangle, inversion
+    robustness: bool = False
+    robustness_images: int = 1000
+    flip_probabilities: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.05])
+    # per-class average encoding magnitude (004 Fig. 7) by a ground-truth factor (e.g. shape), for data
+    # without class labels; data with class labels (Fashion-MNIST) always gets it
+    class_factor: str | None = None
+    note: str = ""  # shown in metrics.json and figure titles, e.g. that a data set stands in for another
 
     def check(self) -> None:
         if self.metric_group_size < 2:
@@ -56,39 +74,13 @@ class ImageEval:
             raise ValueError("eval.traversal_range: must be > 0.")
         if self.traversal_steps < 2:
             raise ValueError("eval.traversal_steps: must be >= 2.")
-
-
-@torch.no_grad()
-def dimensionwise_kl_to_prior(
-    loc: torch.Tensor, scale: torch.Tensor, prior, *, num_samples: int = 64, seed: int = 0
-) -> np.ndarray:
-    """Mean over the data of :math:`\\mathrm{KL}(q(z_i \\mid x) \\,\\|\\, p(z_i))` per latent ``i``, against
-    the run's own prior's marginals: in closed form when ``prior.variance()`` gives a diagonal Gaussian,
-    otherwise by Monte Carlo with ``num_samples`` draws per encoding (seeded), using the prior's
-    per-dimension log-density ``prior.marginal_log_prob`` when it has one.
-    """
-    from ..metrics import dimensionwise_kl
-    from ..models.priors import AnisotropicGaussianPrior, IsotropicGaussianPrior
-
-    loc, scale = loc.double(), scale.double()
-    if isinstance(prior, IsotropicGaussianPrior | AnisotropicGaussianPrior):
-        prior_std = prior.variance().detach().cpu().double().sqrt().numpy()
-        return dimensionwise_kl(loc.numpy(), scale.numpy(), prior_std=prior_std)
-    dist = prior.distribution()
-    base = getattr(dist, "base_dist", dist)  # Independent(...) → per-dimension distribution
-    gen = torch.Generator().manual_seed(seed)
-    eps = torch.randn((num_samples, *loc.shape), generator=gen, dtype=loc.dtype)
-    z = loc + scale * eps
-    log_q = torch.distributions.Normal(loc, scale).log_prob(z)
-    try:
-        log_p = base.log_prob(z.to(torch.get_default_dtype())).double()
-        if log_p.shape != z.shape:
-            raise ValueError
-    except Exception:
-        raise ValueError(
-            f"dimension-wise KL needs per-dimension prior densities; {type(prior).__name__} does not give them."
-        ) from None
-    return (log_q - log_p).mean((0, 1)).numpy()
+        if len(self.efficiency_sizes) != 2 or not set(self.efficiency_sizes) <= set(self.downstream_train_sizes):
+            raise ValueError("eval.efficiency_sizes: must be two of eval.downstream_train_sizes, got "
+                             f"{self.efficiency_sizes} and {self.downstream_train_sizes}.")  # fmt: skip
+        if not all(0 <= p <= 1 for p in self.flip_probabilities):
+            raise ValueError(f"eval.flip_probabilities: must be in [0, 1], got {self.flip_probabilities}.")
+        if self.robustness and not self.full_suite:
+            raise ValueError("eval.robustness: needs eval.full_suite=true (it reruns the metric suite per condition).")
 
 
 @torch.no_grad()
@@ -206,8 +198,8 @@ class ImageFamily(ExperimentFamily):
     headline = ("factor_vae_score", "beta_vae_score", "mig", "active_units", "hoyer", "test_reconstruction_per_image")
     summary_columns = (
         "name", "row", "divergence", "alpha", "beta", "weight", "seed", "status",
-        "factor_vae_score", "beta_vae_score", "mig", "active_units", "hoyer",
-        "test_reconstruction_per_image", "test_kl_per_image", "train_seconds",
+        "factor_vae_score", "beta_vae_score", "mig", "dci_disentanglement", "sap", "sample_efficiency",
+        "active_units", "hoyer", "test_reconstruction_per_image", "test_kl_per_image", "train_seconds",
     )  # fmt: skip
     required_files = ("figures/traversals.png",)
 
@@ -230,8 +222,11 @@ class ImageFamily(ExperimentFamily):
         with seeded_torch_rng(e.seed), pyro.validation_enabled(False):
             train_terms = exp.elbo.loss_terms(vae.model, vae.guide, x_tr.to(device))
             test_terms = exp.elbo.loss_terms(vae.model, vae.guide, x_te.to(device))
+        from ..analysis.disentanglement_report import dimensionwise_kl_to_prior
+
         loc, scale = _encode_all(vae, exp.x_test, device)
-        kl = dimensionwise_kl_to_prior(loc, scale, vae.prior, num_samples=e.kl_samples, seed=e.seed)
+        kl_report = dimensionwise_kl_to_prior(loc, scale, vae.prior, num_samples=e.kl_samples, random_state=e.seed)
+        kl = np.asarray(kl_report["kl"], dtype=np.float64)
         units = active_units(loc.double().numpy())
         per = {k: test_terms[k] / len(x_te) for k in ("reconstruction", "kl") if k in test_terms}
         measures: dict[str, Any] = {
@@ -260,10 +255,16 @@ class ImageFamily(ExperimentFamily):
             "test_per_point": per,
             "measures": measures,
             "dimensionwise_kl": kl.tolist(),
+            "dimensionwise_kl_method": kl_report["method"],
         }
+        if e.note:
+            metrics["note"] = e.note
         if exp.data is not None and exp.data.note:
             metrics["note"] = exp.data.note
-        if exp.dataset is not None:
+        (run_dir / "figures").mkdir(parents=True, exist_ok=True)
+        if exp.dataset is not None and e.full_suite:
+            metrics.update(self._full_suite(exp, run_dir, device, measures))
+        elif exp.dataset is not None:
 
             def representation(x):
                 return vae.encode(torch.as_tensor(x, dtype=torch.float32).to(device))[0]
@@ -279,28 +280,119 @@ class ImageFamily(ExperimentFamily):
             metrics["disentanglement"] = {"factor_vae": factor_vae, "beta_vae": beta_vae, "mig": mig}
             metrics["metric_sizes"] = {**sizes, "num_variance_estimate": e.metric_num_variance,
                                        "mig_num_points": e.metric_num_points}  # fmt: skip
-        labels = exp.y_test
-        class_labels = exp.data is not None and exp.data.class_names is not None and labels.dim() == 1
+        labels, names = self._class_labels(exp)
+        class_labels = labels is not None
         if class_labels:
-            mags = class_magnitudes(loc.double().numpy(), labels.cpu().numpy(), len(exp.data.class_names))
-            metrics["class_magnitudes"] = {"classes": list(exp.data.class_names), "values": mags.tolist()}
+            mags = class_magnitudes(loc.double().numpy(), labels, len(names))
+            metrics["class_magnitudes"] = {"classes": list(names), "values": mags.tolist()}
         if train_seconds is not None:
             metrics["train_seconds"] = train_seconds
         (run_dir / "figures").mkdir(parents=True, exist_ok=True)
-        if e.figures:
+        if e.figures and not (exp.dataset is not None and e.full_suite):  # the suite draws its own traversals
             order = np.argsort(-kl, kind="stable")
             traversal_figure(
                 vae, exp.x_test, order, kl, run_dir / "figures" / "traversals.png", limit=e.traversal_range,
                 steps=e.traversal_steps,
                 title=f"{cfg.id} ({cfg.divergence.name}): α={cfg.model.alpha:g}, β={cfg.model.beta:g}; "
-                "rows by dimension-wise KL",
+                f"rows by dimension-wise KL{'; ' + e.note if e.note else ''}",
             )  # fmt: skip
-            if class_labels:
-                _class_figure(mags, exp.data.class_names, run_dir / "figures" / "class_magnitudes.png",
-                              f"{cfg.id}: average |encoding| per class")  # fmt: skip
+        if e.figures and class_labels:
+            _class_figure(mags, names, run_dir / "figures" / "class_magnitudes.png",
+                          f"{cfg.id}: average |encoding| per class{' (' + e.note + ')' if e.note else ''}")  # fmt: skip
         metrics["eval_seconds"] = time.perf_counter() - t0
         write_metrics(run_dir, metrics)
         return {**metrics, "run_dir": str(run_dir)}
+
+    @staticmethod
+    def _class_labels(exp: Experiment):
+        """``(labels [n_test], class names)`` for the per-class figure, or ``(None, None)``."""
+        e, data = exp.config.eval, exp.data
+        y = exp.y_test
+        if data is not None and data.class_names is not None and y.dim() == 1:
+            return y.cpu().numpy(), list(data.class_names)
+        if e.class_factor is not None and exp.dataset is not None:
+            names = list(exp.dataset.factor_names)
+            if e.class_factor not in names:
+                raise ValueError(f"eval.class_factor: {e.class_factor!r} is not a factor of the data; choose one of "
+                                 f"{', '.join(names)}.")  # fmt: skip
+            k = names.index(e.class_factor)
+            size = exp.dataset.factor_sizes[k]
+            labels = y[:, k].cpu().numpy()
+            value_names = (getattr(exp.dataset, "factor_value_names", None) or {}).get(e.class_factor)
+            return labels, list(value_names or [f"{e.class_factor} {v}" for v in range(size)])
+        return None, None
+
+    def _full_suite(self, exp: Experiment, run_dir: Path, device, measures: dict[str, Any]) -> dict[str, Any]:
+        """The thesis Table 5.6 evaluation of a run on data with factors; fills ``measures`` in place."""
+        from ..analysis.disentanglement_report import evaluate_disentanglement
+
+        e = exp.config.eval
+        sizes = {"group_size": e.metric_group_size, "num_train": e.metric_num_train, "num_eval": e.metric_num_eval,
+                 "num_variance_estimate": e.metric_num_variance, "num_points": e.metric_num_points,
+                 "num_test": e.metric_num_test, "downstream_train_sizes": tuple(e.downstream_train_sizes),
+                 "efficiency_sizes": tuple(e.efficiency_sizes)}  # fmt: skip
+        robustness = None
+        if e.robustness:
+            robustness = {"num_images": e.robustness_images, "flip_probabilities": tuple(e.flip_probabilities),
+                          "metric_sizes": sizes}  # fmt: skip
+        report = evaluate_disentanglement(
+            exp.vae, exp.dataset, exp.x_test[:].to(device), random_state=e.seed,
+            figures_dir=run_dir / "figures" if e.figures else None, metric_sizes=sizes, robustness=robustness,
+            kl_num_samples=e.kl_samples, traversal_limit=e.traversal_range, traversal_steps=e.traversal_steps,
+        )  # fmt: skip
+        scores = report["scores"]
+        measures["factor_vae_score"] = scores.get("factor_vae")
+        measures["beta_vae_score"] = scores.get("beta_vae")
+        for key, value in scores.items():
+            if isinstance(value, int | float) and key not in ("factor_vae", "beta_vae"):
+                measures[key] = value
+        return {"table_5_6": report, "metric_sizes": sizes}
+
+    #: metrics compared across a sweep (Table 5.6 and the Spearman matrix), when the runs have them
+    sweep_metrics = ("beta_vae_score", "factor_vae_score", "mig", "dci_disentanglement", "dci_completeness",
+                     "dci_informativeness", "sap", "sample_efficiency", "hoyer", "active_units",
+                     "test_reconstruction_per_image")  # fmt: skip
+
+    def sweep_figures(self, spec: Any, results, out_dir: Path, log=print) -> list[Path]:
+        """``table.md`` (thesis Table 5.6: per grid block and metric, the best strength's mean ± sd over
+        seeds) and ``spearman.png`` / ``spearman.json`` (rank correlations between the metrics across runs,
+        thesis Fig. 5.13), from the runs that finished."""
+        import json as _json
+
+        from ..analysis.disentanglement_report import (
+            format_metric_table, metric_table, plot_spearman_heatmap, spearman_between_metrics,
+        )  # fmt: skip
+        from ..analysis.plots import save_figure
+
+        rows = []
+        for run, res in zip(spec.runs, results, strict=True):
+            if res.get("status") == "failed":
+                continue
+            m = res.get("measures", {}) or {}
+            keys = spec.vary[run.row] if run.row < len(spec.vary) else []
+            param = run.assignment.get(keys[0], run.setting) if keys else run.setting
+            rows.append({"model": spec.rows[run.row], "param": param,
+                         **{k: m.get(k) for k in self.sweep_metrics}})  # fmt: skip
+        metrics = [k for k in self.sweep_metrics
+                   if sum(isinstance(r.get(k), int | float) and np.isfinite(r[k]) for r in rows) >= 2]  # fmt: skip
+        written: list[Path] = []
+        if not rows or not metrics:
+            return written
+        out_dir = Path(out_dir)
+        table = metric_table(rows, metrics)
+        path = out_dir / "table.md"
+        path.write_text(f"# {spec.id}: best strength per model (mean ± sd over seeds)\n\n"
+                        f"{format_metric_table(table)}\n")  # fmt: skip
+        written.append(path)
+        if len(rows) >= 3 and len(metrics) >= 2:
+            corr = spearman_between_metrics(rows, metrics)
+            ax = plot_spearman_heatmap(corr, title=f"{spec.id}: Spearman correlation across {corr['num_runs']} runs")
+            written.append(save_figure(ax.figure, out_dir / "spearman.png"))
+            (out_dir / "spearman.json").write_text(_json.dumps(
+                {"names": corr["names"], "correlation": np.asarray(corr["correlation"]).tolist(),
+                 "num_runs": corr["num_runs"]}, indent=2, default=float))  # fmt: skip
+            written.append(out_dir / "spearman.json")
+        return written
 
     def summary_row(self, config: Mapping[str, Any], result: Mapping[str, Any]) -> dict[str, Any]:
         row = super().summary_row(config, result)

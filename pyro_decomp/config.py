@@ -584,7 +584,45 @@ def _size_overrides(spec: Mapping[str, Any], path: Path, size: str | None) -> tu
     return size, dict(over)
 
 
-_EXPERIMENT_KEYS = ("id", "description", "reproduces", "family", "default_size", "config", "sizes")
+_EXPERIMENT_KEYS = ("id", "description", "reproduces", "family", "default_size", "config", "sizes", "base")
+
+
+def _merge_config(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``, section by section; a spec that names another part replaces the base's."""
+    from .components import NAME_KEY
+
+    out = copy.deepcopy(dict(base))
+    for key, value in (over or {}).items():
+        old = out.get(key)
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            name_key = NAME_KEY.get(key)
+            if name_key and name_key in value and value[name_key] != old.get(name_key):
+                out[key] = copy.deepcopy(dict(value))
+            else:
+                out[key] = {**old, **copy.deepcopy(dict(value))}
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _derived_experiment(path: Path, spec: Mapping[str, Any], depth: int = 0) -> dict[str, Any]:
+    """A run file with ``base: <experiment>``: the base's config with this file's ``config`` on top; the
+    family, description and sizes are the base's unless this file gives its own."""
+    if depth > 10:
+        raise ConfigError(f"{path}: 'base' experiments nest too deeply (a cycle?).")
+    base_name = str(spec["base"])
+    if base_name.endswith((".yaml", ".yml")) and not Path(base_name).is_absolute():
+        base_name = str(path.parent / base_name)
+    base_path = find_experiment(base_name)
+    base = load_yaml(base_path)
+    if "grid" in base:
+        raise ConfigError(f"{path}: base {base_name!r} is a sweep; a run's base must be a run.")
+    if "base" in base:
+        base = _derived_experiment(base_path, base, depth + 1)
+    out = {k: v for k, v in base.items() if k not in ("id", "reproduces", "description")}
+    out.update({k: v for k, v in spec.items() if k not in ("base", "config")})
+    out["config"] = _merge_config(base.get("config") or {}, spec.get("config") or {})
+    return out
 
 
 def load_experiment(
@@ -598,8 +636,10 @@ def load_experiment(
     """
     path = find_experiment(name)
     spec = load_yaml(path)
-    if "grid" in spec or "base" in spec:
+    if "grid" in spec:
         raise ConfigError(f"{path.stem!r} is a sweep; run it with `pyro-decomp sweep {name}`.")
+    if "base" in spec:
+        spec = _derived_experiment(path, spec)
     if "config" not in spec and "size" in spec and set(spec) <= set(_SECTIONS):
         # a run's resolved config.yaml: run it again as it was, plus the user's overrides
         if size is not None and size != spec.get("size"):

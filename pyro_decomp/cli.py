@@ -113,24 +113,13 @@ def _cmd_list() -> int:
     return 0
 
 
-def _family_of(metrics: dict):
-    from .experiments.base import get_family
-
-    try:
-        return get_family(str(metrics.get("family", "pinwheel")))
-    except ValueError:
-        return None
+def _summary_line(metrics: dict, family) -> str:
+    return family.headline_line(metrics)
 
 
-def _summary_line(metrics: dict) -> str:
-    family = _family_of(metrics)
-    return family.headline_line(metrics) if family is not None else ""
-
-
-def _figure_of(run_dir: Path, metrics: dict | None = None) -> Path:
+def _figure_of(run_dir: Path, family) -> Path:
     """The run's main figure, as its experiment family names it."""
-    family = _family_of(metrics or {})
-    if family is not None and (run_dir / family.main_figure).exists():
+    if (run_dir / family.main_figure).exists():
         return run_dir / family.main_figure
     return run_dir / "figures"
 
@@ -189,8 +178,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         run_dir = out if out is not None else Path("runs") / cfg.id
         metrics = run_experiment(cfg, run_dir, overwrite=args.overwrite)
     print(f"run {cfg.id} [{cfg.size}] finished: {run_dir}")
-    print(f"  {_summary_line(metrics)}")
-    print(f"  figure: {_figure_of(run_dir, metrics)}")
+    family = cfg.experiment_family()
+    print(f"  {_summary_line(metrics, family)}")
+    print(f"  figure: {_figure_of(run_dir, family)}")
     return 0
 
 
@@ -231,13 +221,14 @@ def _existing_run_dir(value: str) -> Path:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .runner import evaluate_run
+    from .runner import evaluate_run, load_run_config
 
     _existing_run_dir(args.run_dir)
     metrics = evaluate_run(args.run_dir, device=args.device)
+    family = load_run_config(args.run_dir).experiment_family()
     print(json.dumps({k: metrics.get(k) for k in ("id", "alpha", "beta", "seed")}))
-    print(f"  {_summary_line(metrics)}")
-    print(f"  wrote {Path(args.run_dir) / 'metrics.json'} and {_figure_of(Path(args.run_dir), metrics)}")
+    print(f"  {_summary_line(metrics, family)}")
+    print(f"  wrote {Path(args.run_dir) / 'metrics.json'} and {_figure_of(Path(args.run_dir), family)}")
     return 0
 
 

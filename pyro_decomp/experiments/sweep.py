@@ -209,7 +209,7 @@ def _figures_ok(run_dir: Path, config: Mapping[str, Any]) -> bool:
     """Whether the run's figure files are present and readable (else the run is re-evaluated)."""
     from .base import get_family
 
-    return get_family(config.get("family", "pinwheel")).figures_ok(run_dir, config)
+    return get_family(config["family"]).figures_ok(run_dir, config)
 
 
 # set in a pool worker process once Ctrl-C reached it: the runs it has already taken from the pool's
@@ -236,6 +236,7 @@ def _sweep_worker(config: dict[str, Any], run_dir: str, threads: int, pooled: bo
         return {"status": "failed", "error": "interrupted before it started", "run_dir": str(run_dir_p)}
     try:
         result, note = _run_or_reuse(config, run_dir_p)
+        result.setdefault("family", config["family"])
         (run_dir_p / "sweep_error.txt").unlink(missing_ok=True)  # from an earlier, failed attempt
         result["run_dir"] = str(run_dir_p)
         if note:
@@ -382,8 +383,8 @@ def _report(result: dict, log) -> dict:
         log(f"[sweep] {name}: FAILED: {result.get('error')}")
     else:
         try:
-            line = get_family(str(result.get("family", "pinwheel"))).headline_line(result)
-        except ValueError:
+            line = get_family(str(result["family"])).headline_line(result)
+        except (KeyError, ValueError):
             line = ""
         log(f"[sweep] {name}: {result['status']}  {line}".rstrip())
     return result
@@ -393,7 +394,7 @@ def _row(run: SweepRun, result: Mapping[str, Any]) -> dict[str, Any]:
     """One run's row of the per-run table: the family's setting and metric columns."""
     from .base import get_family
 
-    family = get_family(run.config.get("family", "pinwheel"))
+    family = get_family(run.config["family"])
     row = {"name": run.name, "setting": run.setting, "row": run.row, "seed": run.seed,
            "status": result.get("status", "failed")}  # fmt: skip
     values = family.summary_row(run.config, result) if result.get("status") != "failed" else {}
@@ -671,7 +672,7 @@ def run_sweep(
     from .base import get_family
 
     rows = [_row(run, res) for run, res in zip(spec.runs, results, strict=True)]
-    family = get_family(spec.runs[0].config.get("family", "pinwheel")) if spec.runs else get_family("pinwheel")
+    family = get_family(spec.runs[0].config["family"])  # a sweep has at least one run (load_sweep checks)
     columns = family.summary_columns
     agg = _write_tables(rows, out_dir, columns, title=spec.id)
     _write_text_atomic(

@@ -48,22 +48,7 @@ from pyro_decomp.models import (
 from pyro_decomp.models.networks import build_networks
 
 
-class FactorsAsObservations(GroundTruthDataset):
-    """Observations are the factors scaled to [0, 1]: ``lambda x: x`` is a perfect representation."""
-
-    def __init__(self, factor_sizes=(4, 5, 6)):
-        self._sizes = tuple(factor_sizes)
-
-    @property
-    def factor_sizes(self):
-        return self._sizes
-
-    @property
-    def observation_shape(self):
-        return (len(self._sizes),)
-
-    def sample_observations_from_factors(self, factors, random_state):
-        return torch.as_tensor(factors / (np.asarray(self._sizes) - 1.0), dtype=torch.float32)
+from test_metrics import FactorsAsObservations  # noqa: E402  (observations are the factors in [0, 1])
 
 
 TOY = FactorsAsObservations()

@@ -12,6 +12,7 @@ it) - goes through ``PyroModule``'s own attribute access.
 from __future__ import annotations
 
 import weakref
+from operator import is_
 
 import pyro
 import torch
@@ -26,20 +27,20 @@ _INDEX: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _snapshot(module: torch.nn.Module) -> tuple:
-    return tuple((m, tuple(m._parameters.items()), tuple(m._modules.items())) for m in module.modules())
+    return tuple((m, tuple(m._parameters.values()), tuple(m._modules.values())) for m in module.modules())
 
 
 def _unchanged(snapshot: tuple) -> bool:
+    """Every module of the tree still has the same parameter tensors and children (by identity, in order)."""
     for m, params, children in snapshot:
         own, kids = m._parameters, m._modules
-        if len(own) != len(params) or len(kids) != len(children):
+        if not (
+            len(own) == len(params)
+            and len(kids) == len(children)
+            and all(map(is_, own.values(), params))
+            and all(map(is_, kids.values(), children))
+        ):
             return False
-        for k, p in params:
-            if own.get(k, False) is not p:
-                return False
-        for k, c in children:
-            if kids.get(k, False) is not c:
-                return False
     return True
 
 

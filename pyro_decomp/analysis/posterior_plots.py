@@ -104,7 +104,9 @@ def prior_marginal_density(prior: Any, grid: np.ndarray, *, num_samples: int = 2
     with torch.no_grad():
         if isinstance(d, torch.distributions.Independent) and d.reinterpreted_batch_ndims == 1:
             return d.base_dist.log_prob(g[:, None]).exp().cpu().double().numpy()
-        if isinstance(d, torch.distributions.MixtureSameFamily):
+        from ..models.priors import IsotropicGaussianMixture
+
+        if isinstance(d, torch.distributions.MixtureSameFamily | IsotropicGaussianMixture):
             comp = d.component_distribution
             if isinstance(comp, torch.distributions.Independent) and comp.reinterpreted_batch_ndims == 1:
                 # p(z_d) = sum_c pi_c p_c(z_d) for diagonal components: comp batch [C], base batch [C, D]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -33,6 +34,30 @@ def _diag_normal_parts(guide_dist: Distribution, z: torch.Tensor) -> tuple[torch
     return loc, scale
 
 
+_SCRATCH = threading.local()
+
+
+def _scratch(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A 1-D scratch buffer of ``numel`` elements for :class:`_NormalMixtureLogDensity`'s blocks.
+
+    On a CPU the buffer is kept (one per thread and dtype, at most the block budget, a few MiB) and
+    reused by every call, forward and backward: freeing and reallocating megabytes each step lets glibc
+    return the pages to the system and fault them in again (thousands of page faults per step, measured
+    as system time). Only the calling thread uses it, and only within one forward or one backward call
+    (neither re-enters the other), so the reuse is safe. Other devices have caching allocators: a fresh
+    ``torch.empty`` there.
+    """
+    if device.type != "cpu":
+        return torch.empty(numel, dtype=dtype, device=device)
+    cache = getattr(_SCRATCH, "buffers", None)
+    if cache is None:
+        cache = _SCRATCH.buffers = {}
+    buf = cache.get(dtype)
+    if buf is None or buf.numel() < numel:
+        buf = cache[dtype] = torch.empty(numel, dtype=dtype)
+    return buf[:numel]
+
+
 class _NormalMixtureLogDensity(torch.autograd.Function):
     """:math:`\\log \\frac1B \\sum_i \\mathcal N(z_j; \\mu_i, \\operatorname{diag} s_i^2)` for ``z: [P, M, D]`` and
     ``loc, scale: [P, B, D]`` → ``[P, M]``, in blocks of rows ``j``.
@@ -53,7 +78,7 @@ class _NormalMixtureLogDensity(torch.autograd.Function):
         inv = scale.reciprocal()
         log_norm = scale.log().sum(-1) + 0.5 * D * math.log(2 * math.pi)  # [P, B]
         rows = max(1, block_elements(z.device) // max(1, B * D))
-        buf = torch.empty(min(rows, M) * B * D, dtype=z.dtype, device=z.device)
+        buf = _scratch(min(rows, M) * B * D, z.dtype, z.device)
         out = torch.empty(P, M, dtype=z.dtype, device=z.device)
         weights = torch.empty(P, M, B, dtype=z.dtype, device=z.device)
         for p in range(P):
@@ -81,7 +106,7 @@ class _NormalMixtureLogDensity(torch.autograd.Function):
         sum_gy = torch.zeros_like(loc)  # Σ_j g_ji y_jid
         sum_gyy = torch.zeros_like(loc) if need_scale else None  # Σ_j g_ji y_jid²
         rows = max(1, block_elements(z.device) // max(1, B * D))
-        bufs = torch.empty(2, min(rows, M) * B * D, dtype=z.dtype, device=z.device)
+        bufs = _scratch(2 * min(rows, M) * B * D, z.dtype, z.device).view(2, -1)
         for p in range(P):
             for j0 in range(0, M, rows):
                 j1 = min(M, j0 + rows)

@@ -7,6 +7,8 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
+from ._registration import registered_child
+
 __all__ = ["AmortizedGaussianGuide"]
 
 
@@ -34,7 +36,7 @@ class AmortizedGaussianGuide(PyroModule):
 
     def distribution(self, x: torch.Tensor) -> dist.TorchDistribution:
         """:math:`q(z \\mid x)` for a batch ``x``: ``batch_shape == [batch]``, ``event_shape == [latent]``."""
-        loc, scale = self.encoder(x)
+        loc, scale = registered_child(self, "encoder")(x)  # = self.encoder(x), with cheaper registration
         return dist.Normal(loc, scale, validate_args=False).to_event(1)
 
     def forward(self, x: torch.Tensor, *, dataset_size: int | None = None) -> torch.Tensor:
@@ -50,9 +52,12 @@ def data_plate(x: torch.Tensor, dataset_size: int | None = None) -> pyro.plate:
     if not torch.is_tensor(x) or x.dim() < 1:
         raise ValueError("data must be a tensor with the batch on axis 0.")
     batch = x.shape[0]
+    # the indices are given explicitly (the same values a full plate would draw), and so is the device:
+    # the plate then neither calls its sampler nor probes the default device with a new tensor each step
+    indices = torch.arange(batch, device=x.device)
     if dataset_size is None or dataset_size == batch:
-        return pyro.plate("data", batch)
+        return pyro.plate("data", batch, subsample=indices, device=x.device)
     if int(dataset_size) < batch:
         raise ValueError(f"dataset_size={dataset_size} is smaller than the batch size {batch}.")
     # an explicit subsample avoids drawing a random permutation of the whole dataset each step
-    return pyro.plate("data", int(dataset_size), subsample=torch.arange(batch, device=x.device))
+    return pyro.plate("data", int(dataset_size), subsample=indices, device=x.device)

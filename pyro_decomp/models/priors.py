@@ -41,6 +41,7 @@ if _MixtureConstraint not in torch.distributions.biject_to._registry:
 __all__ = [
     "AnisotropicGaussianPrior",
     "GaussianMixturePrior",
+    "IsotropicGaussianMixture",
     "IsotropicGaussianPrior",
     "Prior",
     "SparseMixturePrior",
@@ -455,6 +456,117 @@ def mixture_means(latent_dim: int, n_components: int, layout: str = "corners") -
     raise ValueError(f"Unknown means layout {layout!r}; choose 'corners' or 'axes', or pass a tensor.")
 
 
+class IsotropicGaussianMixture(dist.TorchDistribution):
+    """:math:`p(z) = \\sum_c \\pi_c\\, \\mathcal N(z; \\mu_c, \\sigma^2 I)`: a mixture of isotropic Gaussians with one
+    shared scale, the distribution of :class:`GaussianMixturePrior`.
+
+    It is :class:`torch.distributions.MixtureSameFamily` of ``Categorical(weights)`` and
+    ``Normal(means, scale).to_event(1)``, with the same values, the same draws in the same order
+    (it consumes the random stream exactly as ``MixtureSameFamily.sample`` does), and the same
+    ``mixture_distribution`` / ``component_distribution`` views, but cheaper where a model pays per
+    step: the log density is one fused log-sum-exp over components with the per-component constants
+    :math:`\\log \\pi_c - D \\log \\sigma - \\tfrac D2 \\log 2\\pi` precomputed, and :meth:`expand` (which
+    Pyro's plates call at every sample site) only records the batch shape: the mixture's parameters
+    do not vary over the batch.
+
+    :param means: ``[C, D]`` component means.
+    :param weights: ``[C]`` non-negative weights, normalised here (as ``Categorical`` does).
+    :param scale: :math:`\\sigma`, a positive number.
+
+    >>> d = IsotropicGaussianMixture(torch.tensor([[0.0, 0.0], [1.0, 1.0]]), torch.tensor([0.5, 0.5]), 0.2)
+    >>> d.sample((3,)).shape, d.log_prob(torch.zeros(3, 2)).shape
+    (torch.Size([3, 2]), torch.Size([3]))
+    """
+
+    arg_constraints = {
+        "means": torch.distributions.constraints.real,
+        "weights": torch.distributions.constraints.simplex,
+        "scale": torch.distributions.constraints.positive,
+    }
+    support = torch.distributions.constraints.real_vector
+    has_rsample = False
+
+    def __init__(
+        self,
+        means: torch.Tensor,
+        weights: torch.Tensor,
+        scale: float,
+        batch_shape: torch.Size | Sequence[int] = torch.Size(),
+        validate_args: bool | None = None,
+    ) -> None:
+        if not torch.is_tensor(means) or means.dim() != 2:
+            raise ValueError(f"means must be a [n_components, latent_dim] tensor, got {getattr(means, 'shape', means)!r}.")
+        if not torch.is_tensor(weights) or weights.shape != means.shape[:1]:
+            raise ValueError(
+                f"weights must be a [{means.shape[0]}] tensor (one per component), got {getattr(weights, 'shape', weights)!r}."
+            )
+        self.means = means
+        # as Categorical(probs=weights): normalised probs, and logits = log(clamped probs)
+        self.weights = weights / weights.sum(-1, keepdim=True)
+        self.scale = torch.as_tensor(scale, dtype=means.dtype, device=means.device)
+        self._scale_float = float(scale)  # torch.normal(tensor, float) draws what normal(tensor, tensor) does, faster
+        D = means.shape[-1]
+        log_w = torch.log_softmax(torch.distributions.utils.probs_to_logits(self.weights), -1)
+        # log pi_c + log N(z; mu_c, sigma^2 I) = const_c - |z - mu_c|^2 / (2 sigma^2)
+        self._const = log_w - D * self.scale.log() - 0.5 * D * math.log(2 * math.pi)
+        self._half_precision = 0.5 / self.scale.square()
+        super().__init__(torch.Size(batch_shape), torch.Size([D]), validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None) -> IsotropicGaussianMixture:
+        new = self._get_checked_instance(IsotropicGaussianMixture, _instance)
+        new.means, new.weights, new.scale, new._scale_float = self.means, self.weights, self.scale, self._scale_float
+        new._const, new._half_precision = self._const, self._half_precision
+        super(IsotropicGaussianMixture, new).__init__(torch.Size(batch_shape), self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    @property
+    def mixture_distribution(self) -> dist.Categorical:
+        return dist.Categorical(probs=self.weights, validate_args=False).expand(self.batch_shape)
+
+    @property
+    def component_distribution(self) -> dist.TorchDistribution:
+        comps = dist.Normal(self.means, self.scale.expand(self.means.shape), validate_args=False).to_event(1)
+        return comps.expand(self.batch_shape + self.means.shape[:1])
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return (self.weights @ self.means).expand(self.batch_shape + self.event_shape)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        mean = self.weights @ self.means
+        spread = self.weights @ (self.means - mean).square()
+        return (self.scale.square() + spread).expand(self.batch_shape + self.event_shape)
+
+    def component_log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """:math:`\\log \\pi_c + \\log \\mathcal N(z; \\mu_c, \\sigma^2 I)` for ``value: [..., D]``, returns ``[..., C]``."""
+        sq = (value.unsqueeze(-2) - self.means).square().sum(-1)
+        return self._const - self._half_precision * sq
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        lp = torch.logsumexp(self.component_log_prob(value), -1)
+        if lp.shape != self.batch_shape and self.batch_shape:
+            lp = lp.expand(torch.broadcast_shapes(lp.shape, self.batch_shape))
+        return lp
+
+    def sample(self, sample_shape: torch.Size | Sequence[int] = torch.Size()) -> torch.Tensor:
+        # the same calls as MixtureSameFamily.sample: one multinomial over the (expanded) weights, then a
+        # draw from every component, of which the chosen one is kept
+        shape = torch.Size(sample_shape) + self.batch_shape
+        C, D = self.means.shape
+        with torch.no_grad():
+            probs_2d = self.weights if not self.batch_shape else self.weights.expand(self.batch_shape + (C,)).reshape(-1, C)
+            idx = torch.multinomial(probs_2d, shape.numel() // max(1, self.batch_shape.numel()), True)
+            comp = torch.normal(self.means.expand(shape + (C, D)), self._scale_float)  # [*shape, C, D]
+            if idx.dim() == 2:  # [prod(batch), n] -> [n, prod(batch)]
+                idx = idx.T
+            idx = idx.reshape(shape + (1, 1)).expand(shape + (1, D))
+            return comp.gather(-2, idx).squeeze(-2)
+
+
 class GaussianMixturePrior(Prior):
     """:math:`p(z) = \\sum_c \\pi_c \\mathcal N(z; \\mu_c, \\sigma^2 I)` (paper Eq. 9, pinwheel Fig. 3).
 
@@ -507,7 +619,7 @@ class GaussianMixturePrior(Prior):
         return dist.Normal(self.means, scale).to_event(1)
 
     def _build_distribution(self) -> dist.TorchDistribution:
-        return dist.MixtureSameFamily(dist.Categorical(probs=self.weights), self._components())
+        return IsotropicGaussianMixture(self.means, self.weights, math.sqrt(self.variance))
 
     def distribution(self) -> dist.TorchDistribution:
         return self._cached(

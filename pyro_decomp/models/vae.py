@@ -10,6 +10,7 @@ from pyro.nn import PyroModule, pyro_method
 from pyro.params.param_store import param_with_module_name
 
 from ..guides import AmortizedGaussianGuide, data_plate
+from ..guides._registration import named_parameters, registered_child
 from .likelihoods import DataError, Likelihood, as_observations
 from .priors import Prior
 
@@ -84,7 +85,7 @@ class VAE(PyroModule):
 
     def _first_param(self) -> torch.Tensor | None:
         for module in (self._modules["guide_module"], self._modules["decoder"]):
-            for p in module.parameters():
+            for _, p in named_parameters(module):
                 if p.is_floating_point():
                     return p
         return None
@@ -139,9 +140,10 @@ class VAE(PyroModule):
         # read _modules directly: attribute access inside the module context would re-register with Pyro
         encoder = self._modules["guide_module"]._modules["encoder"]
         for path, module in (("decoder", self._modules["decoder"]), ("guide_module.encoder", encoder)):
-            first = next(module.named_parameters(), None)
-            if first is None:
+            named = named_parameters(module)
+            if not named:
                 continue
+            first = named[0]
             stored = store._params.get(param_with_module_name(prefix + path, first[0]))
             if stored is not None and stored is not first[1]:
                 break
@@ -156,7 +158,8 @@ class VAE(PyroModule):
         """:math:`z \\sim p(z)`, :math:`x \\sim p_\\theta(x \\mid z)` for ``x: [batch, *obs_shape]``."""
         self._claim_param_store()
         x = self._prepare(x)
-        decoder = self.decoder  # registers its parameters (pyro.module) here, outside the plate's handlers
+        # registers its parameters (as pyro.module) here, outside the plate's handlers
+        decoder = registered_child(self, "decoder")
         with data_plate(x, dataset_size):
             z = self.prior()
             return self.likelihood(decoder(z), obs=x)

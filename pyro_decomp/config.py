@@ -51,6 +51,7 @@ import yaml
 
 __all__ = [
     "ConfigError",
+    "weight_label",
     "ExperimentConfig",
     "ModelConfig",
     "SPEC_SECTIONS",
@@ -71,6 +72,17 @@ class ConfigError(ValueError):
     """An invalid configuration: unknown key, invalid value, or missing file."""
 
 
+def weight_label(value: Any) -> str:
+    """``model.beta`` / ``model.alpha`` for titles: ``0.5`` or ``linear_warmup(0→4, 10000 steps)``."""
+    if isinstance(value, Mapping):
+        kind = value.get("type", "schedule")
+        if "start" in value and "end" in value:
+            steps = f", {value['steps']} steps" if "steps" in value else ""
+            return f"{kind}({value['start']:g}→{value['end']:g}{steps})"
+        return f"{kind}({', '.join(f'{k}={v}' for k, v in value.items() if k != 'type')})"
+    return f"{value:g}"
+
+
 # ---------------------------------------------------------------------------------------------- sections
 #: the sections that hold a spec of a registered part (:mod:`pyro_decomp.components`)
 SPEC_SECTIONS = ("data", "prior", "likelihood", "networks", "divergence")
@@ -78,11 +90,14 @@ SPEC_SECTIONS = ("data", "prior", "likelihood", "networks", "divergence")
 
 @dataclass
 class ModelConfig:
-    """The latent space and the objective's weights (paper Eq. 7): loss = reconstruction + β KL + α N D."""
+    """The latent space and the objective's weights (paper Eq. 7): loss = reconstruction + β KL + α N D.
+
+    ``beta`` and ``alpha`` are numbers or schedule specs (:func:`pyro_decomp.schedules.schedule_from_dict`),
+    e.g. ``beta: {type: linear_warmup, start: 0.0, end: 4.0, steps: 10000}`` for an annealed β."""
 
     latent_dim: int = 2
-    beta: float = 1.0
-    alpha: float = 0.0
+    beta: float | dict = 1.0
+    alpha: float | dict = 0.0
     objective: str = "beta"
     num_particles: int = 1
 
@@ -200,6 +215,10 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}.")
         return value
+    if tp is dict or typing.get_origin(tp) is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}.")
+        return dict(value)
     return value
 
 
@@ -270,9 +289,21 @@ def _check_ranges(cfg: ExperimentConfig) -> None:
         # numpy's global generator (seeded from train.seed) takes 32-bit seeds; torch's takes 64-bit ones
         need(0 <= seed <= _MAX_SEED, key, f"must be an integer in [0, 2**32 - 1] = [0, {_MAX_SEED}], got {seed}.")
     need(t.threads is None or t.threads >= 1, "train.threads", "must be >= 1 or null.")
-    need(m.beta >= 0, "model.beta", f"must be >= 0, got {m.beta}.")
-    need(m.alpha >= 0, "model.alpha", f"must be >= 0, got {m.alpha}.")
-    need(not (m.alpha > 0 and cfg.divergence.name == "none"), "model.alpha",
+    for key in ("beta", "alpha"):
+        value = getattr(m, key)
+        if isinstance(value, Mapping):
+            from .schedules import schedule_from_dict
+
+            try:
+                sched = schedule_from_dict(dict(value))
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"model.{key}: {e}") from None
+            lo = min(float(sched(t)) for t in (0, 1, 10, 100, 1_000, 10_000, 100_000, 1_000_000))
+            need(lo >= 0, f"model.{key}", f"the schedule must stay >= 0, got {dict(value)}.")
+        else:
+            need(value >= 0, f"model.{key}", f"must be >= 0, got {value}.")
+    alpha_on = isinstance(m.alpha, Mapping) or m.alpha > 0
+    need(not (alpha_on and cfg.divergence.name == "none"), "model.alpha",
          "alpha > 0 needs a divergence; set divergence.type to one of "
          f"{', '.join(n for n in _component_names('divergence') if n != 'none')}.")  # fmt: skip
     need(m.latent_dim >= 1, "model.latent_dim", "must be >= 1.")

@@ -270,3 +270,16 @@ def test_aggregate_mmd_is_zero_in_expectation_for_the_prior_itself():
     same = np.array(same)
     assert abs(same.mean()) < 5 * same.std(ddof=1) / np.sqrt(len(same))
     assert min(shifted) > same.max() + 10 * same.std(ddof=1)
+
+
+def test_beta_and_alpha_take_schedule_specs(tmp_path):
+    """An annealed beta from the config reaches the ELBO as a schedule: 0 at step 0, half-way at step 5."""
+    cfg = _pin(**{"model.beta": {"type": "linear_warmup", "start": 0.0, "end": 2.0, "steps": 10}})
+    elbo = build_experiment(cfg).elbo
+    assert elbo.beta(0) == 0.0 and elbo.beta(5) == pytest.approx(1.0)
+    out = run_experiment(cfg, tmp_path / "run")
+    assert np.isfinite(out["test"]["loss"])
+    with pytest.raises(ConfigError, match=r"model.beta: .*schedule type must be one of"):
+        _pin(**{"model.beta": {"type": "nope"}})
+    with pytest.raises(ConfigError, match=r"model.alpha: the schedule must stay >= 0"):
+        _pin(**{"model.alpha": {"type": "linear_warmup", "start": 0.0, "end": -1.0, "steps": 10}})

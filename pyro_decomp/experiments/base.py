@@ -163,9 +163,14 @@ class ExperimentFamily:
         # a prior program with latent sites besides z brings a guide that samples them (prior.make_guide)
         make_guide = getattr(prior, "make_guide", None)
         vae = VAE(prior, decoder, likelihood, encoder, guide=make_guide(encoder) if make_guide else None)
+        from ..schedules import schedule_from_dict
+
+        def weight(value):  # a number, or a schedule spec (an annealed beta, a warm-up of alpha)
+            return schedule_from_dict(dict(value)) if isinstance(value, Mapping) else value
+
         elbo = DecompositionELBO(
-            beta=m.beta,
-            alpha=m.alpha,
+            beta=weight(m.beta),
+            alpha=weight(m.alpha),
             divergence=cfg.divergence.build(latent_dim=m.latent_dim),
             objective=m.objective,
             num_particles=m.num_particles,

@@ -26,6 +26,7 @@ import numpy as np
 import pyro
 import torch
 
+from ..config import weight_label
 from ..train import seeded_torch_rng
 from .base import Experiment, ExperimentFamily, register_family, write_metrics
 
@@ -318,8 +319,8 @@ class ImageFamily(ExperimentFamily):
             traversal_figure(
                 vae, exp.x_test, order, kl, run_dir / "figures" / "traversals.png", limit=e.traversal_range,
                 steps=e.traversal_steps,
-                title=f"{cfg.id} ({cfg.divergence.name}): α={cfg.model.alpha:g}, β={cfg.model.beta:g}; "
-                f"rows by dimension-wise KL{'; ' + e.note if e.note else ''}",
+                title=f"{cfg.id} ({cfg.divergence.name}): α={weight_label(cfg.model.alpha)}, "
+                f"β={weight_label(cfg.model.beta)}; rows by dimension-wise KL{'; ' + e.note if e.note else ''}",
             )  # fmt: skip
         if e.figures and class_labels:
             _class_figure(mags, names, run_dir / "figures" / "class_magnitudes.png",

@@ -15,6 +15,7 @@ import numpy as np
 import pyro
 import torch
 
+from ..config import weight_label
 from ..train import seeded_torch_rng
 from .base import Experiment, ExperimentFamily, register_family, write_metrics, write_posterior_netcdf
 
@@ -239,7 +240,7 @@ class PinwheelFamily(ExperimentFamily):
                 density["density"],
                 density["prior_density"],
                 density["extent"],
-                title=f"{cfg.id}: α={cfg.model.alpha:g}, β={cfg.model.beta:g}",
+                title=f"{cfg.id}: α={weight_label(cfg.model.alpha)}, β={weight_label(cfg.model.beta)}",
             )
             save_figure(ax.figure, run_dir / "figures" / "aggregate_posterior.png")
         write_posterior_netcdf(
@@ -250,7 +251,10 @@ class PinwheelFamily(ExperimentFamily):
             seed=cfg.eval.seed,
             constant_data={"z_loc": (("obs", "latent"), loc), "z_scale": (("obs", "latent"), scale),
                            "label": (("obs",), exp.y_test)},  # fmt: skip
-            attrs={"experiment": cfg.id, "alpha": cfg.model.alpha, "beta": cfg.model.beta, "seed": cfg.train.seed},
+            # netCDF attributes are numbers or strings: a schedule is written as its label
+            attrs={"experiment": cfg.id, "seed": cfg.train.seed,
+                   **{k: v if isinstance(v, int | float) else weight_label(v)
+                      for k, v in (("alpha", cfg.model.alpha), ("beta", cfg.model.beta))}},  # fmt: skip
         )
         metrics["eval_seconds"] = time.perf_counter() - t0
         write_metrics(run_dir, metrics)

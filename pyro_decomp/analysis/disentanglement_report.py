@@ -537,7 +537,8 @@ def _marginals(d: torch.distributions.Distribution, latent: int):
             return base.log_prob(z.to(base.mean.dtype)).double()
 
         return ("log_prob", log_marginal)
-    if isinstance(d, torch.distributions.MixtureSameFamily):
+    # torch's MixtureSameFamily, or a mixture offering the same views (models.priors.IsotropicGaussianMixture)
+    if hasattr(d, "mixture_distribution") and hasattr(d, "component_distribution"):
         comp = d.component_distribution
         if isinstance(comp, torch.distributions.Independent) and comp.reinterpreted_batch_ndims == 1:
             base = comp.base_dist  # batch [C, D]

@@ -92,6 +92,13 @@ def _symbol(key: str) -> str:
     return _SYMBOLS.get(first, first.split(".")[-1])
 
 
+def _label_part(key: str, value: Any) -> str:
+    """One part of a run name: ``beta0.5`` for ``model.beta``; the bare part name for a spec's ``name`` or
+    ``type`` (``student_t`` for ``prior.name``)."""
+    last = key.split("+")[0].split(".")[-1]
+    return _fmt(value) if last in ("name", "type") else f"{last}{_fmt(value)}"
+
+
 def _untie(assignment: Mapping[str, Any]) -> dict[str, Any]:
     """``{"a.x+a.y": v}`` (keys tied to one value, e.g. DIP-VAE's λ_od = λ_d) → ``{"a.x": v, "a.y": v}``."""
     out: dict[str, Any] = {}
@@ -155,7 +162,7 @@ def load_sweep(name: str | Path, *, size: str | None = None, overrides: Mapping[
             for seed in seeds:
                 over = {**_untie(assignment), "train.seed": seed, **dict(overrides or {})}
                 cfg = config_to_dict(config_from_dict(apply_overrides(base, over)))
-                label = "_".join(f"{k.split('+')[0].split('.')[-1]}{_fmt(v)}" for k, v in assignment.items())
+                label = "_".join(_label_part(k, v) for k, v in assignment.items())
                 run_name = f"{label}_seed{seed}" if label else f"seed{seed}"
                 if run_name in names:
                     raise ConfigError(f"{path}: two grid points give the same run {run_name!r}.")

@@ -122,22 +122,25 @@ def test_run_appc_bias_smoke(tmp_path):
 
 
 def test_thesis_grid_presets():
+    from pyro_decomp.components import Spec
     from pyro_decomp.divergences import DIPVAE, BetaTCVAE, FactorVAE
-    from pyro_decomp.divergences.factory import divergence_from_dict, load_thesis_grids
+    from pyro_decomp.divergences.factory import divergence_from_dict
+    from pyro_decomp.experiments.sweep import load_sweep
 
-    runs = load_thesis_grids()
+    spec = load_sweep("thesis-grids")
     by_family = {}
-    for r in runs:
-        by_family.setdefault(r["family"], []).append(r)
+    for r in spec.runs:
+        if r.seed == 0:
+            by_family.setdefault(spec.rows[r.row], []).append(r.config)
     # thesis Table 5.4
-    assert [r["beta"] for r in by_family["beta-VAE"]] == [1, 3, 10, 30]
-    assert [r["alpha"] for r in by_family["FactorVAE"]] == [5, 10, 25, 50, 100]
-    assert [r["divergence"]["tc_weight"] for r in by_family["beta-TCVAE"]] == [1, 3, 6, 10]
-    assert all(r["divergence"]["lambda_od"] == r["divergence"]["lambda_d"] for r in by_family["DIP-VAE"])
-    assert [r["divergence"]["lambda_d"] for r in by_family["DIP-VAE"]] == [1, 3, 10, 30]
-    assert all(r["overrides"]["train.batch_size"] == 64 for r in runs)
-    built = load_thesis_grids(build=True)
-    assert {type(r["divergence"]) for r in built} == {type(None), FactorVAE, BetaTCVAE, DIPVAE}
+    assert [c["model"]["beta"] for c in by_family["beta-VAE"]] == [1, 3, 10, 30]
+    assert [c["model"]["alpha"] for c in by_family["FactorVAE"]] == [5, 10, 25, 50, 100]
+    assert [c["divergence"]["tc_weight"] for c in by_family["beta-TCVAE"]] == [1, 3, 6, 10]
+    dip = [c["divergence"] for c in by_family["DIP-VAE"]]
+    assert all(d["lambda_od"] == d["lambda_d"] for d in dip) and [d["lambda_d"] for d in dip] == [1, 3, 10, 30]
+    assert all(r.config["train"]["batch_size"] == 64 for r in spec.runs)
+    built = {type(Spec("divergence", r.config["divergence"]).build(latent_dim=10)) for r in spec.runs}
+    assert built == {type(None), FactorVAE, BetaTCVAE, DIPVAE}
     with pytest.raises(ValueError, match="divergence type must be one of"):
         divergence_from_dict({"type": "tcvae"})
     with pytest.raises(ValueError, match="invalid arguments for divergence 'dip_vae'"):

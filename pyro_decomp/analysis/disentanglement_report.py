@@ -488,20 +488,9 @@ def plot_spearman_heatmap(table: Mapping[str, Any], *, ax=None, annotate: bool =
     names, columns = list(table["names"]), list(table.get("columns", table["names"]))
     if corr.shape != (len(names), len(columns)):
         raise ValueError(f"correlation has shape {corr.shape} but the table names {len(names)} x {len(columns)}")
-    if columns == names:
-        ax = plot_correlation_heatmap({"names": names, "correlation": corr}, ax=ax, annotate=annotate)
-    else:
-        if ax is None:
-            ax = _figure(1.0 + 0.8 * len(columns), 1.0 + 0.5 * len(names)).add_subplot(1, 1, 1)
-        image = ax.imshow(corr, vmin=-1.0, vmax=1.0, cmap="RdBu_r")
-        ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right")
-        ax.set_yticks(range(len(names)), names)
-        if annotate:
-            for i in range(len(names)):
-                for j in range(len(columns)):
-                    if np.isfinite(corr[i, j]):
-                        ax.text(j, i, f"{corr[i, j]:.2f}", ha="center", va="center", fontsize=7)
-        ax.figure.colorbar(image, ax=ax, label="Spearman")
+    if ax is None and columns != names:
+        ax = _figure(1.0 + 0.8 * len(columns), 1.0 + 0.5 * len(names)).add_subplot(1, 1, 1)
+    ax = plot_correlation_heatmap({"names": names, "columns": columns, "correlation": corr}, ax=ax, annotate=annotate)
     if title:
         ax.set_title(title, fontsize=9)
     return ax

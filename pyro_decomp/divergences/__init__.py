@@ -8,7 +8,7 @@ from .capacity import CapacityKL, per_datapoint_kl
 from .dip import DIPVAE, dip_covariance, dip_penalty
 from .exclusive_kl import ExclusiveKL, estimator_bias
 from .factor_vae import FactorVAE, FactorVAEDiscriminator, permute_dims
-from .factory import divergence_from_dict, load_thesis_grids
+from .factory import divergence_from_dict
 from .kl import InclusiveKL
 from .mmd import MMD, IMQKernel, PerDimensionIMQKernel, RBFKernel, mmd_u_statistic
 from .total_correlation import (
@@ -40,7 +40,6 @@ __all__ = [
     "divergence_from_dict",
     "estimator_bias",
     "kl_decomposition",
-    "load_thesis_grids",
     "log_aggregate_posterior",
     "log_importance_weights",
     "log_marginal_posteriors",

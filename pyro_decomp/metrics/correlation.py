@@ -81,12 +81,13 @@ def plot_correlation_heatmap(table: Mapping[str, object], *, ax=None, annotate: 
         FigureCanvasAgg(fig)
         ax = fig.add_subplot(1, 1, 1)
     names, corr = list(table["names"]), np.asarray(table["correlation"])
+    columns = list(table.get("columns", names))  # a rectangular block: rows `names`, columns `columns`
     image = ax.imshow(corr, vmin=-1.0, vmax=1.0, cmap="RdBu_r")
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right")
     ax.set_yticks(range(len(names)), names)
     if annotate:
         for i in range(len(names)):
-            for j in range(len(names)):
+            for j in range(len(columns)):
                 if np.isfinite(corr[i, j]):
                     ax.text(j, i, f"{corr[i, j]:.2f}", ha="center", va="center", fontsize=7)
     ax.figure.colorbar(image, ax=ax, label="Spearman")

@@ -164,7 +164,11 @@ def _close(name: str, options: Iterable[str]) -> str:
 
 
 def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+    """How an error message names a type: ``a number``, ``an integer``, ``a mapping``, ..."""
+    origin = typing.get_origin(tp) or tp
+    words = {float: "a number", int: "an integer", bool: "true or false", str: "a string", list: "a list",
+             dict: "a mapping (e.g. a schedule spec)", type(None): "null"}  # fmt: skip
+    return words.get(origin, getattr(tp, "__name__", str(tp).replace("typing.", "")))
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:

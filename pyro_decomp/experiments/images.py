@@ -30,7 +30,7 @@ from ..config import weight_label
 from ..train import seeded_torch_rng
 from .base import Experiment, ExperimentFamily, register_family, write_metrics
 
-__all__ = ["ImageEval", "ImageFamily", "class_magnitudes", "traversal_figure"]
+__all__ = ["ImageEval", "ImageFamily", "aggregate_mmd", "class_magnitudes"]
 
 
 @dataclass
@@ -82,74 +82,6 @@ class ImageEval:
             raise ValueError(f"eval.flip_probabilities: must be in [0, 1], got {self.flip_probabilities}.")
         if self.robustness and not self.full_suite:
             raise ValueError("eval.robustness: needs eval.full_suite=true (it reruns the metric suite per condition).")
-
-
-@torch.no_grad()
-def _encode_all(vae, x, device, chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    locs, scales = [], []
-    for xc in x.split(chunk):
-        loc, scale = vae.encode(xc.to(device))
-        locs.append(loc.cpu())
-        scales.append(scale.cpu())
-    return torch.cat(locs), torch.cat(scales)
-
-
-def _decode_mean(vae, z: torch.Tensor) -> torch.Tensor:
-    """The decoder's mean image: sigmoid of the logits (Bernoulli) or the location (Gaussian/Laplace)."""
-    out = vae.decoder(z)
-    if type(vae.likelihood).__name__ == "BernoulliLikelihood":
-        return torch.sigmoid(out)
-    if out.dim() > z.dim() + vae.likelihood.event_dim - 1 and out.shape[z.dim() - 1] == 2:
-        out = out.select(z.dim() - 1, 0)  # [*, 2, *obs]: location first
-    return out.clamp(0, 1)
-
-
-@torch.no_grad()
-def traversal_figure(vae, x: torch.Tensor, order, kl, path: Path, *, limit: float = 3.0, steps: int = 10,
-                     title: str = "") -> Path:  # fmt: skip
-    """Latent traversals of one test image's mean code over ``[-limit, limit]`` in ``steps`` steps, one row per
-    dimension in ``order`` (by decreasing dimension-wise KL); the first row shows the image and its
-    reconstruction."""
-    from ..analysis.plots import _pyplot, save_figure
-
-    plt = _pyplot()
-    device = next(vae.parameters()).device
-    loc, _ = vae.encode(x[:1].to(device))
-    values = torch.linspace(-limit, limit, steps, device=device)
-    rows = []
-    for d in order:
-        z = loc.repeat(steps, 1)
-        z[:, int(d)] = values
-        rows.append(_decode_mean(vae, z).cpu())
-    recon = _decode_mean(vae, loc).cpu()[0]
-
-    def show(ax, img):
-        img = img.numpy()
-        if img.shape[0] == 1:
-            ax.imshow(img[0], cmap="gray", vmin=0, vmax=1)
-        else:
-            ax.imshow(np.transpose(img, (1, 2, 0)).clip(0, 1))
-
-    fig, axes = plt.subplots(len(rows) + 1, steps, figsize=(steps * 0.9, (len(rows) + 1) * 0.9), squeeze=False)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    show(axes[0][0], x[0].cpu())
-    axes[0][0].set_title("input", fontsize=7)
-    show(axes[0][1], recon)
-    axes[0][1].set_title("recon.", fontsize=7)
-    for c in range(2, steps):
-        axes[0][c].axis("off")
-    for r, (d, imgs) in enumerate(zip(order, rows, strict=True), start=1):
-        for c in range(steps):
-            show(axes[r][c], imgs[c])
-        axes[r][0].set_ylabel(f"z{int(d)}\nKL {kl[int(d)]:.2f}", fontsize=6)
-    for c in range(steps):
-        axes[-1][c].set_xlabel(f"{float(values[c]):+.1f}", fontsize=6)
-    fig.suptitle(title, fontsize=8)
-    save_figure(fig, path)
-    plt.close(fig)
-    return path
 
 
 @torch.no_grad()
@@ -243,12 +175,12 @@ class ImageFamily(ExperimentFamily):
         with seeded_torch_rng(e.seed), pyro.validation_enabled(False):
             train_terms = exp.elbo.loss_terms(vae.model, vae.guide, x_tr.to(device))
             test_terms = exp.elbo.loss_terms(vae.model, vae.guide, x_te.to(device))
-        from ..analysis.disentanglement_report import dimensionwise_kl_to_prior
+        from ..analysis.disentanglement_report import dimensionwise_kl_to_prior, encode_images
 
-        loc, scale = _encode_all(vae, exp.x_test, device)
+        loc, scale = encode_images(vae, exp.x_test, batch_size=512)
         kl_report = dimensionwise_kl_to_prior(loc, scale, vae.prior, num_samples=e.kl_samples, random_state=e.seed)
         kl = np.asarray(kl_report["kl"], dtype=np.float64)
-        units = active_units(loc.double().numpy())
+        units = active_units(loc.numpy())
         per = {k: test_terms[k] / len(x_te) for k in ("reconstruction", "kl") if k in test_terms}
         from ..divergences.mmd import IMQKernel, PerDimensionIMQKernel
 
@@ -258,7 +190,7 @@ class ImageFamily(ExperimentFamily):
             "mmd": aggregate_mmd(loc, scale, vae.prior, mmd_kernel, seed=e.seed),
             "active_units": units["active_units"],
             "active_fraction": units["active_fraction"],
-            "hoyer": mean_hoyer(loc.double().numpy()) if loc.shape[1] >= 2 else None,
+            "hoyer": mean_hoyer(loc.numpy()) if loc.shape[1] >= 2 else None,
             "mean_encoder_std": float(scale.mean()),
             "test_reconstruction_per_image": per.get("reconstruction"),
             "test_kl_per_image": per.get("kl"),
@@ -309,19 +241,21 @@ class ImageFamily(ExperimentFamily):
         labels, names = self._class_labels(exp)
         class_labels = labels is not None
         if class_labels:
-            mags = class_magnitudes(loc.double().numpy(), labels, len(names))
+            mags = class_magnitudes(loc.numpy(), labels, len(names))
             metrics["class_magnitudes"] = {"classes": list(names), "values": mags.tolist()}
         if train_seconds is not None:
             metrics["train_seconds"] = train_seconds
         (run_dir / "figures").mkdir(parents=True, exist_ok=True)
         if e.figures and not (exp.dataset is not None and e.full_suite):  # the suite draws its own traversals
-            order = np.argsort(-kl, kind="stable")
-            traversal_figure(
-                vae, exp.x_test, order, kl, run_dir / "figures" / "traversals.png", limit=e.traversal_range,
-                steps=e.traversal_steps,
+            from ..analysis.disentanglement_report import kl_order, plot_traversals
+            from ..analysis.plots import save_figure
+
+            fig = plot_traversals(
+                vae, exp.x_test[:1], kl_order(kl), kl=kl, limit=e.traversal_range, steps=e.traversal_steps,
                 title=f"{cfg.id} ({cfg.divergence.name}): α={weight_label(cfg.model.alpha)}, "
                 f"β={weight_label(cfg.model.beta)}; rows by dimension-wise KL{'; ' + e.note if e.note else ''}",
             )  # fmt: skip
+            save_figure(fig, run_dir / "figures" / "traversals.png")
         if e.figures and class_labels:
             _class_figure(mags, names, run_dir / "figures" / "class_magnitudes.png",
                           f"{cfg.id}: average |encoding| per class{' (' + e.note + ')' if e.note else ''}")  # fmt: skip

@@ -94,7 +94,7 @@ import torch
 import torch.nn.functional as F
 
 import pyro_decomp
-from pyro_decomp import DecompositionELBO
+from pyro_decomp import DecompositionELBO, JitDecompositionELBO
 from pyro_decomp.divergences import MMD, InclusiveKL, PerDimensionIMQKernel, mmd_u_statistic
 from pyro_decomp.divergences.kl import _NormalMixtureLogDensity
 from pyro_decomp.models.likelihoods import BernoulliLikelihood, GaussianLikelihood, LaplaceLikelihood
@@ -283,7 +283,13 @@ def pinwheel(args, device):
     _check_agreement("pinwheel (naive baseline)", elbo, vae, naive, x)
 
     ours = _svi_stepper(vae, elbo, args.optim)
-    variants = {"pinwheel (α=3, InclusiveKL)": (_torch_stepper(baseline), ours)}
+    jit_elbo = JitDecompositionELBO(beta=beta, alpha=alpha, divergence=InclusiveKL(num_prior_samples=M))
+    _check_agreement("pinwheel (compiled)", jit_elbo, vae, baseline, x)
+    base_step = _torch_stepper(baseline)
+    variants = {
+        "pinwheel (α=3, InclusiveKL)": (base_step, ours),
+        "pinwheel (α=3, InclusiveKL) JitDecompositionELBO": (base_step, _svi_stepper(vae, jit_elbo, args.optim)),
+    }
     if args.reference:
         variants["pinwheel ref: same, naive [M,B,D] baseline"] = (_torch_stepper(naive), ours)
         variants["pinwheel ref: same, stock pyro.optim.Adam"] = (
@@ -293,7 +299,9 @@ def pinwheel(args, device):
         plain = _torch_stepper(PinwheelBaseline(*ref_nets, vae.prior, beta, 0.0, M))
         for name, loss in [
             ("ref: DecompositionELBO α=0", DecompositionELBO(beta=beta)),
+            ("ref: JitDecompositionELBO α=0", JitDecompositionELBO(beta=beta)),
             ("ref: Trace_ELBO", pyro.infer.Trace_ELBO()),
+            ("ref: JitTrace_ELBO", pyro.infer.JitTrace_ELBO(ignore_jit_warnings=True)),
             ("ref: TraceMeanField_ELBO", pyro.infer.TraceMeanField_ELBO()),
         ]:
             variants["pinwheel " + name] = (plain, _svi_stepper(vae, loss, args.optim))

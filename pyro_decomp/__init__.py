@@ -8,7 +8,7 @@ available as :class:`DecompositionELBO`, a drop-in loss for :class:`pyro.infer.S
 import importlib
 
 from . import divergences, guides, models, optim, schedules
-from .elbo import DecompositionELBO
+from .elbo import DecompositionELBO, JitDecompositionELBO
 from .guides import AmortizedGaussianGuide
 from .models import (
     VAE,
@@ -39,6 +39,7 @@ __all__ = [
     "AnisotropicGaussianPrior",
     "BernoulliLikelihood",
     "DecompositionELBO",
+    "JitDecompositionELBO",
     "GaussianLikelihood",
     "GaussianMixturePrior",
     "IsotropicGaussianPrior",

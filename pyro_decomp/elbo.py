@@ -39,7 +39,9 @@ Design (it follows Pyro's ``Trace_ELBO`` family, and reuses its machinery):
 
 from __future__ import annotations
 
+import inspect
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -365,12 +367,15 @@ class DecompositionELBO(ELBO):
         return build_aggregate_batch(self.divergence, gsite, density, dataset_size=_num_data(gsite))
 
     # ------------------------------------------------------------------ one trace pair
-    def _divergence_terms(self, batch, alpha: float, particles: int) -> dict[str, torch.Tensor]:
+    def _divergence_terms(self, batch, alpha, particles: int, alpha_zero: bool | None = None) -> dict[str, torch.Tensor]:
         """``divergence`` (:math:`\\hat D`) and ``weighted_divergence`` (:math:`n\\alpha\\hat D`), each times the
-        number of particles in the trace (the caller averages over particles)."""
-        if alpha == 0:
+        number of particles in the trace (the caller averages over particles). ``alpha`` may be a 0-dim tensor
+        (the compiled path); ``alpha_zero`` then says whether it is 0."""
+        if alpha_zero is None:
+            alpha_zero = alpha == 0
+        if alpha_zero:
             with torch.no_grad():
-                d_hat = self.divergence(batch)
+                d_hat = self.divergence(batch).detach()  # detach: a compiled graph does not record no_grad
         else:
             d_hat = self.divergence(batch)
         weighted = alpha * batch.num_data * d_hat
@@ -531,10 +536,17 @@ class DecompositionELBO(ELBO):
         return importance_log_normaliser(fn, beta, num_samples=S)
 
     # ------------------------------------------------------------------ ELBO API
-    def _terms(self, model, guide, args, kwargs, *, extras=False) -> tuple[dict[str, torch.Tensor], Any]:
-        """Every term averaged over particles, and the last trace pair's divergence batch."""
-        w = self.current_weights()
-        beta, alpha = w["beta"], w["alpha"]
+    def _terms(self, model, guide, args, kwargs, *, extras=False, weights=None) -> tuple[dict[str, torch.Tensor], Any]:
+        """Every term averaged over particles, and the last trace pair's divergence batch.
+
+        ``weights``: ``(beta, alpha, alpha_zero)`` with 0-dim tensor weights, for the compiled path
+        (:class:`JitDecompositionELBO`); default: the current step's numbers."""
+        if weights is None:
+            w = self.current_weights()
+            beta, alpha = w["beta"], w["alpha"]
+            alpha_zero = alpha == 0
+        else:
+            beta, alpha, alpha_zero = weights
         enumerated = self._uses_enumeration(model, guide, args, kwargs)
         if enumerated:
             traces = self._enum_elbo._get_traces(model, guide, args, kwargs)
@@ -547,7 +559,7 @@ class DecompositionELBO(ELBO):
         batch = None
         for model_trace, guide_trace in traces:
             batch = self._aggregate_batch(model, model_trace, guide_trace)
-            div_terms = {} if batch is None else self._divergence_terms(batch, alpha, particles)
+            div_terms = {} if batch is None else self._divergence_terms(batch, alpha, particles, alpha_zero)
             terms = particle_loss(model_trace, guide_trace, beta, div_terms)
             if extras:
                 if enumerated:
@@ -618,11 +630,148 @@ class DecompositionELBO(ELBO):
         return out
 
 
+class JitDecompositionELBO(DecompositionELBO):
+    """:class:`DecompositionELBO` compiled with :func:`pyro.ops.jit.trace`, as :class:`pyro.infer.JitTrace_ELBO`
+    compiles :class:`~pyro.infer.Trace_ELBO`: the model, the guide, the traces and the divergence are run through
+    Pyro once per compilation and recorded as a TorchScript graph; later steps run the graph, so Pyro's
+    per-step message passing (a fixed ~0.5-1 ms) is paid only when compiling. Same loss, same gradients,
+    same checkpoints and schedules (β and α enter the graph as inputs, so a schedule does not recompile).
+
+    The restrictions are those of ``JitTrace_ELBO``: the model and guide must have static structure (no
+    Python control flow on tensor values), take their tensors through ``*args`` and their other inputs
+    through ``**kwargs`` (one compilation per distinct ``kwargs``), and create every ``pyro.param`` on
+    the first call. A new input shape (the short last minibatch of an epoch) compiles once more. Not
+    supported, with an error that says so: enumerated sites, and divergences with state between steps
+    (:meth:`Divergence.update`: FactorVAE's discriminator, the scheduled weights of the TC, DIP, capacity and
+    exclusive-KL regularisers). :class:`~pyro_decomp.divergences.InclusiveKL` and the MMDs compile.
+
+    Each compilation is checked: the compiled graph and the eager :class:`DecompositionELBO` are run from
+    the same random state and must give the same loss (relative 1e-4), or a :class:`RuntimeError` says
+    that this model cannot be compiled. The check catches Python state frozen into the graph; it cannot catch
+    a branch on data values that happens to go the same way for the checked batch, so keep such branches out
+    of a compiled model. ``loss``, ``loss_terms`` and the Theorem 1 diagnostics run eagerly.
+
+    >>> import pyro_decomp
+    >>> elbo = pyro_decomp.JitDecompositionELBO(beta=1.0, alpha=3.0, divergence=pyro_decomp.divergences.InclusiveKL())
+    """
+
+    #: relative tolerance of the check that the compiled loss equals the eager loss
+    check_rtol = 1e-4
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # the tracer's warnings (Python values recorded as constants) are what the compile check tests for
+        kwargs.setdefault("ignore_jit_warnings", True)
+        super().__init__(*args, **kwargs)
+        if self.divergence is not None and type(self.divergence).update is not Divergence.update:
+            raise ValueError(
+                f"JitDecompositionELBO cannot compile {type(self.divergence).__name__}: it keeps Python-side state "
+                "between steps (Divergence.update: weight schedules, a discriminator, logged terms), which a compiled "
+                "graph would freeze. Use DecompositionELBO for it; InclusiveKL and the MMDs compile."
+            )
+        self._compiled: dict[tuple, Any] = {}
+
+    def _compiled_terms(self, model, guide, args, kwargs) -> dict[str, torch.Tensor]:
+        if self._uses_enumeration(model, guide, args, kwargs):
+            raise ValueError(
+                "JitDecompositionELBO does not compile models or guides with enumerated sites; use DecompositionELBO."
+            )
+        bad = [k for k, v in kwargs.items() if torch.is_tensor(v)]
+        if bad:
+            raise ValueError(
+                f"JitDecompositionELBO needs every tensor input in *args, but got tensor keyword argument(s) {bad}."
+            )
+        w = self.current_weights()
+        alpha_zero = w["alpha"] == 0
+        shapes = tuple(tuple(a.shape) if torch.is_tensor(a) else None for a in args)
+        key = (_callable_id(model), _callable_id(guide), alpha_zero, shapes)
+        fn = self._compiled.get(key)
+        fresh = fn is None
+        if fresh:
+            fn = self._compile(model, guide, alpha_zero)
+            self._compiled[key] = fn
+        beta = torch.tensor(float(w["beta"]))
+        alpha = torch.tensor(float(w["alpha"]))
+        if fresh:
+            self._check_compiled(fn, model, guide, args, kwargs, (beta, alpha, alpha_zero))
+        values = fn(beta, alpha, *args, **kwargs)
+        return dict(zip(fn.term_keys, values))
+
+    def _compile(self, model, guide, alpha_zero: bool):
+        import weakref
+
+        weakself = weakref.ref(self)
+        holder: dict[str, Any] = {}
+
+        def terms_fn(beta, alpha, *args, **kwargs):
+            terms, _ = weakself()._terms(model, guide, args, kwargs, weights=(beta, alpha, alpha_zero))
+            keys = tuple(sorted(terms))
+            holder["keys"] = keys
+            return tuple(terms[k] for k in keys)
+
+        compiled = pyro.ops.jit.trace(terms_fn, ignore_warnings=self.ignore_jit_warnings, jit_options=self.jit_options)
+
+        class _Fn:
+            def __call__(self, *args, **kwargs):
+                return compiled(*args, **kwargs)
+
+            @property
+            def term_keys(self):
+                return holder["keys"]
+
+        return _Fn()
+
+    def _check_compiled(self, fn, model, guide, args, kwargs, weights) -> None:
+        """The first compiled evaluation must equal the eager one from the same random state."""
+        state = pyro.util.get_rng_state()
+        try:
+            with warnings.catch_warnings():
+                # torch >= 2.10 marks torch.jit.trace deprecated (still supported before Python 3.14); it is
+                # what pyro.ops.jit (JitTrace_ELBO) compiles with
+                warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* is deprecated", category=FutureWarning)
+                fn(weights[0], weights[1], *args, **kwargs)  # compiles (runs the Python once more)
+            pyro.util.set_rng_state(state)
+            with torch.no_grad():
+                compiled = dict(zip(fn.term_keys, fn(weights[0], weights[1], *args, **kwargs)))["loss"]
+            pyro.util.set_rng_state(state)
+            with torch.no_grad(), poutine.block():
+                eager = self._terms(model, guide, args, kwargs, weights=weights)[0]["loss"]
+        finally:
+            pyro.util.set_rng_state(state)
+        c, e = float(compiled), float(eager)
+        if not math.isclose(c, e, rel_tol=self.check_rtol, abs_tol=1e-6) and not (math.isnan(c) and math.isnan(e)):
+            raise RuntimeError(
+                f"JitDecompositionELBO: the compiled loss ({c:.6g}) differs from the eager loss ({e:.6g}) from the same "
+                "random state, so this model, guide or divergence does not trace to a static graph (Python control "
+                "flow on tensor values, or inputs that are not in *args). Use DecompositionELBO."
+            )
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """The loss as a differentiable tensor, from the compiled graph (no state change)."""
+        return self._compiled_terms(model, guide, args, kwargs)["loss"]
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        """Loss and gradients for one SVI step from the compiled graph; advances the schedules' step counter."""
+        terms = self._compiled_terms(model, guide, args, kwargs)
+        loss = terms["loss"]
+        if loss.requires_grad:
+            loss.backward(retain_graph=self.retain_graph)
+        self.last_terms = {k: v.detach() for k, v in terms.items()}
+        self.step += 1
+        return torch_item(loss)
+
+
+def _callable_id(fn) -> tuple[int, int]:
+    """Identity of a model or guide: a bound method (``vae.model``) is a new object at each attribute access,
+    so it is identified by its instance and function. The compiled closure keeps both alive, so the ids
+    cannot be reused while the cache entry exists."""
+    return (id(fn.__self__), id(fn.__func__)) if inspect.ismethod(fn) else (id(fn), 0)
+
+
 # ---------------------------------------------------------------------- per-site helpers
 def _num_data(gsite) -> float:
     """Scaled number of datapoints in the latent site's plate: B × subsample scale."""
     batch = gsite["fn"].batch_shape
-    count = batch[-1] if len(batch) else 1
+    count = int(batch[-1]) if len(batch) else 1  # int(): under torch.jit.trace a size is a traced tensor
     return float(torch_item(gsite["scale"])) * count
 
 
@@ -676,7 +825,8 @@ def _guide_entropy(model_trace, guide_trace) -> tuple[Any, Any]:
 def _weighted_loss(terms: dict, beta: float, objective: str):
     """Eq. 7 (``beta``) or Eq. 5 (``entropy``) from the terms."""
     if objective == "beta":
-        loss = terms["reconstruction"] + (terms["kl"] if beta == 1 else beta * terms["kl"])
+        unit = not torch.is_tensor(beta) and beta == 1  # a tensor β (compiled path) is always multiplied
+        loss = terms["reconstruction"] + (terms["kl"] if unit else beta * terms["kl"])
     else:
         # Eq. 5: L + (β-1)/2 log|S| = L + (β-1)(H - D/2 (1 + log 2π)) for Gaussian guides
         loss = terms["reconstruction"] + terms["kl"] - (beta - 1.0) * terms["entropy_regulariser"]

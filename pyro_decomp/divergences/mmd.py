@@ -54,6 +54,7 @@ class IMQKernel:
         return out
 
     def _constants(self, dim: int) -> tuple[float, ...]:
+        dim = int(dim)  # under torch.jit.trace a size is a traced tensor; the constants must be numbers
         return self.c if self.c is not None else tuple(2.0 * dim * s for s in self.scales)
 
     def _mmd_u_statistic(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

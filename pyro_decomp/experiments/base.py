@@ -136,12 +136,12 @@ class ExperimentFamily:
     # ------------------------------------------------------------------------------------------ build
     def build(self, cfg: Any, *, lazy_data: bool = False) -> Experiment:
         """Data, then (seeded with ``train.seed``) networks, prior, likelihood and divergence, all from the
-        config's specs, and :class:`~pyro_decomp.DecompositionELBO`.
+        config's specs, and :class:`~pyro_decomp.DecompositionELBO` (:class:`~pyro_decomp.JitDecompositionELBO` with ``train.jit``).
 
         :param lazy_data: for reloading a trained run: make training data only when asked for.
         """
         from ..config import ConfigError
-        from ..elbo import DecompositionELBO
+        from ..elbo import DecompositionELBO, JitDecompositionELBO
         from ..models import VAE
 
         data = cfg.data.build(lazy=lazy_data)
@@ -168,7 +168,8 @@ class ExperimentFamily:
         def weight(value):  # a number, or a schedule spec (an annealed beta, a warm-up of alpha)
             return schedule_from_dict(dict(value)) if isinstance(value, Mapping) else value
 
-        elbo = DecompositionELBO(
+        elbo_class = JitDecompositionELBO if cfg.train.jit else DecompositionELBO
+        elbo = elbo_class(
             beta=weight(m.beta),
             alpha=weight(m.alpha),
             divergence=cfg.divergence.build(latent_dim=m.latent_dim),

@@ -666,14 +666,16 @@ class JitDecompositionELBO(DecompositionELBO):
             raise ValueError(
                 f"JitDecompositionELBO cannot compile {type(self.divergence).__name__}: it keeps Python-side state "
                 "between steps (Divergence.update: weight schedules, a discriminator, logged terms), which a compiled "
-                "graph would freeze. Use DecompositionELBO for it; InclusiveKL and the MMDs compile."
+                "graph would freeze. Use DecompositionELBO for it (config: train.jit=false); InclusiveKL and the MMDs "
+                "compile."
             )
         self._compiled: dict[tuple, Any] = {}
 
     def _compiled_terms(self, model, guide, args, kwargs) -> dict[str, torch.Tensor]:
         if self._uses_enumeration(model, guide, args, kwargs):
             raise ValueError(
-                "JitDecompositionELBO does not compile models or guides with enumerated sites; use DecompositionELBO."
+                "JitDecompositionELBO does not compile models or guides with enumerated sites; use DecompositionELBO "
+                "(config: train.jit=false)."
             )
         bad = [k for k, v in kwargs.items() if torch.is_tensor(v)]
         if bad:
@@ -742,7 +744,7 @@ class JitDecompositionELBO(DecompositionELBO):
             raise RuntimeError(
                 f"JitDecompositionELBO: the compiled loss ({c:.6g}) differs from the eager loss ({e:.6g}) from the same "
                 "random state, so this model, guide or divergence does not trace to a static graph (Python control "
-                "flow on tensor values, or inputs that are not in *args). Use DecompositionELBO."
+                "flow on tensor values, or inputs that are not in *args). Use DecompositionELBO (config: train.jit=false)."
             )
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:

@@ -106,3 +106,35 @@ def test_user_file_and_roundtrip(tmp_path):
     with pytest.raises(ConfigError, match="unknown top-level key 'confg'. Did you mean 'config'"):
         load_experiment(str(path))
     assert config_to_dict(cfg)["model"]["beta"] == 0.3
+
+
+
+def _run_configs(exp_id: str, size: str) -> list[dict]:
+    """The resolved config of each run of an experiment (one for a run, one per grid cell for a sweep)."""
+    from pyro_decomp.config import _experiments_dir, load_experiment, load_yaml
+    from pyro_decomp.experiments.sweep import load_sweep
+
+    if "grid" in load_yaml(_experiments_dir() / f"{exp_id}.yaml"):
+        return [run.config for run in load_sweep(exp_id, size=size).runs]
+    cfg = load_experiment(exp_id, size=size)
+    return [{"family": cfg.family, "data": dict(cfg.data), "eval": vars(cfg.eval) if cfg.eval else {}}]
+
+
+def test_every_image_experiment_has_smoke_cpu_and_paper_sizes_and_cpu_needs_no_local_data():
+    """Issue 11 (3, 4): one code path, three sizes; a cpu run must work without data sets that cannot be
+    had offline, so its data is generated (procedural dSprites), labelled as a stand-in where it replaces one."""
+    from pyro_decomp.config import experiment_ids
+
+    image_ids = []
+    for exp_id in experiment_ids():
+        if _run_configs(exp_id, "paper")[0]["family"] != "images":
+            continue
+        image_ids.append(exp_id)
+        smoke, cpu, paper = (_run_configs(exp_id, size) for size in ("smoke", "cpu", "paper"))
+        assert len(smoke) <= len(cpu) <= len(paper), exp_id
+        for c in cpu:
+            assert c["data"]["name"] == "dsprites", exp_id
+        if paper[0]["data"]["name"] != "dsprites":
+            assert all("stands in" in c["eval"]["note"] for c in cpu), exp_id
+    assert {"thesis-5.3", "thesis-5.6", "thesis-grids", "fig2-anisotropic", "fig2-student", "fig4-sparsity",
+            "fig4-celeba", "fig4-sparsity-celeba", "fig7-classes"} <= set(image_ids)  # fmt: skip

@@ -442,3 +442,17 @@ def test_evaluate_disentanglement_one_call(vae, tmp_path):
         + [f"robustness_traversals_{c}.png" for c in ("clean", "triangle")]
     )
     assert all((tmp_path / n).stat().st_size > 1000 for n in names)
+
+
+def test_kl_learned_anisotropic_prior_needs_no_detach():
+    """A learned prior's variances are parameters that require grad (the fig2-anisotropic 'learned' runs);
+    the dimension-wise KL uses their current values, in closed form."""
+    loc, scale = _encodings()
+    variance = torch.tensor([0.25, 1.0, 4.0])
+    prior = AnisotropicGaussianPrior(3, variance=variance, learn=True)
+    assert any(p.requires_grad for p in prior.parameters())
+    out = dimensionwise_kl_to_prior(loc, scale, prior)
+    expected = torch.distributions.kl_divergence(
+        torch.distributions.Normal(loc, scale), torch.distributions.Normal(0.0, variance.double().sqrt())
+    ).mean(0)
+    np.testing.assert_allclose(out["kl"], expected.numpy(), rtol=1e-6)

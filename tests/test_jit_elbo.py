@@ -205,3 +205,14 @@ def test_score_function_sites_compile_to_the_same_unbiased_surrogate():
     for a, b in zip(gj, ge):
         assert b.abs().max() > 0
         torch.testing.assert_close(a, b, rtol=RTOL, atol=1e-6)
+
+
+def test_vectorised_particles_compile_to_the_same_loss():
+    pyro.clear_param_store()
+    vae = _vae()
+    x = _data()
+    kw = dict(beta=1.0, alpha=2.0, num_particles=4)
+    jit = JitDecompositionELBO(divergence=InclusiveKL(num_prior_samples=30), **kw)
+    eager = DecompositionELBO(divergence=InclusiveKL(num_prior_samples=30), **kw)
+    for seed in (1, 2):
+        _assert_same(_loss_and_grads(jit, vae, x, seed), _loss_and_grads(eager, vae, x, seed))

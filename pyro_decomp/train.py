@@ -471,6 +471,9 @@ class Trainer:
         # the last checkpoint written or loaded here, (path, step): where to continue after a divergence
         self._saved: tuple[Path, int] | None = None
         self._stop_requested = False  # set by the SIGINT handler: finish the step, checkpoint, stop
+        # training time of earlier segments of this run (from the checkpoint resumed), and the start of this one
+        self._seconds_before = 0.0
+        self._fit_t0: float | None = None
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -484,7 +487,13 @@ class Trainer:
             "elbo": elbo_state,
             "rng": get_rng_state(),
             "config": self.config,
+            "train_seconds": self.train_seconds(),
         }
+
+    def train_seconds(self) -> float:
+        """Training time so far over every segment of the run (a resumed run adds its earlier segments)."""
+        running = time.perf_counter() - self._fit_t0 if self._fit_t0 is not None else 0.0
+        return self._seconds_before + running
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict`. Clears Pyro's param store so the module's values are used."""
@@ -506,6 +515,8 @@ class Trainer:
             step = int(state["step"])
             if step < 0:
                 raise ValueError(f"negative step {step}")
+            part = "train_seconds"
+            seconds = float(state.get("train_seconds", 0.0))  # absent in checkpoints of older versions
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
             # a well-formed file whose contents were not written by this Trainer (edited or foreign)
             raise CheckpointError(
@@ -514,6 +525,7 @@ class Trainer:
                 "Resume from an earlier checkpoint, or start the run afresh."
             ) from None
         self.step = step
+        self._seconds_before = seconds if math.isfinite(seconds) and seconds >= 0 else 0.0
 
     def save(self) -> Path:
         """Write ``checkpoints/step_<step>.pt`` and ``checkpoint.pt`` (latest), pruning old step files.
@@ -710,7 +722,8 @@ class Trainer:
         return TrainingInterrupted(msg, step=self.step, checkpoint=saved or (self._saved[0] if self._saved else None))
 
     def fit(self, *, resume: bool | str | Path = False) -> dict[str, Any]:
-        """Train up to ``steps``; return ``{"step", "terms", "seconds"}``.
+        """Train up to ``steps``; return ``{"step", "terms", "seconds"}`` (``seconds``: training time over every
+        segment of the run, a resumed run's earlier ones included).
 
         :param resume: ``True`` to continue from this run dir's latest checkpoint, or a checkpoint path.
 
@@ -738,6 +751,7 @@ class Trainer:
 
             bar = tqdm(total=self.steps, initial=start, desc="train", dynamic_ncols=True, leave=True)
         t0 = time.perf_counter()
+        self._fit_t0 = t0
         in_step = False
         self._stop_requested = False
         previous_handler = self._install_sigint()
@@ -799,7 +813,9 @@ class Trainer:
                     closer()
                 except OSError:
                     pass  # e.g. a full disk on the final flush: the error being raised already says so
-        return {"step": self.step, "terms": dict(self.last_terms), "seconds": time.perf_counter() - t0}
+        seconds = self.train_seconds()  # every segment of the run, not only this call's
+        self._seconds_before, self._fit_t0 = seconds, None
+        return {"step": self.step, "terms": dict(self.last_terms), "seconds": seconds}
 
 
 def _finite_or_none(terms: Mapping[str, float]) -> dict[str, float | None]:

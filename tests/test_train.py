@@ -315,3 +315,22 @@ def test_damaged_checkpoint_entries_give_a_checkpoint_error(tmp_path, part):
     torch.save(state, tmp_path / "checkpoint.pt")
     with pytest.raises(CheckpointError, match=rf"checkpoint's '{part}' entry cannot be restored"):
         _trainer(tmp_path, 4)[1].fit(resume=True)
+
+
+def test_train_seconds_add_up_over_resumed_segments(tmp_path):
+    """A resumed run reports its whole training time: the checkpoint carries the earlier segments' seconds."""
+    _, first = _trainer(tmp_path, 10, **{"train.checkpoint_every": 10})
+    first_seconds = first.fit()["seconds"]
+    saved = load_checkpoint(tmp_path)["train_seconds"]
+    assert 0 < saved <= first_seconds
+    _, resumed = _trainer(tmp_path, 20, **{"train.checkpoint_every": 10})
+    result = resumed.fit(resume=True)
+    assert result["step"] == 20
+    assert result["seconds"] > saved  # earlier segment plus this one, not this one alone
+    assert load_checkpoint(tmp_path)["train_seconds"] == pytest.approx(result["seconds"], abs=0.5)
+    # a checkpoint written before this key existed still loads (counted as 0 s)
+    state = load_checkpoint(tmp_path)
+    del state["train_seconds"]
+    _, old = _trainer(tmp_path, 20)
+    old.load_state_dict(state)
+    assert old.train_seconds() == 0.0

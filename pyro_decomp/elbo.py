@@ -42,6 +42,7 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -686,21 +687,17 @@ class JitDecompositionELBO(DecompositionELBO):
         alpha_zero = w["alpha"] == 0
         shapes = tuple(tuple(a.shape) if torch.is_tensor(a) else None for a in args)
         key = (_callable_id(model), _callable_id(guide), alpha_zero, shapes)
-        fn = self._compiled.get(key)
-        fresh = fn is None
-        if fresh:
-            fn = self._compile(model, guide, alpha_zero)
-            self._compiled[key] = fn
         beta = torch.tensor(float(w["beta"]))
         alpha = torch.tensor(float(w["alpha"]))
-        if fresh:
+        fn = self._compiled.get(key)
+        if fn is None:
+            fn = self._compile(model, guide, alpha_zero)
             self._check_compiled(fn, model, guide, args, kwargs, (beta, alpha, alpha_zero))
+            self._compiled[key] = fn  # only a graph that passed the check is reused
         values = fn(beta, alpha, *args, **kwargs)
         return dict(zip(fn.term_keys, values))
 
     def _compile(self, model, guide, alpha_zero: bool):
-        import weakref
-
         weakself = weakref.ref(self)
         holder: dict[str, Any] = {}
 

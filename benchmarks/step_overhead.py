@@ -413,7 +413,7 @@ def run(args) -> list[tuple]:
 
 
 def main(argv=None) -> None:
-    # torch >= 2.10 marks torch.jit.trace deprecated; the JIT rows (ours and stock JitTrace_ELBO) compile with it
+    # torch 2.14 marks torch.jit.trace deprecated; the JIT rows (ours and stock JitTrace_ELBO) compile with it
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* is deprecated", category=FutureWarning)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--repeats", type=int, default=7, help="timed repeats per variant (min is reported)")

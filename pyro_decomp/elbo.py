@@ -724,7 +724,7 @@ class JitDecompositionELBO(DecompositionELBO):
         state = pyro.util.get_rng_state()
         try:
             with warnings.catch_warnings():
-                # torch >= 2.10 marks torch.jit.trace deprecated (still supported before Python 3.14); it is
+                # torch 2.14 marks torch.jit.trace deprecated (still supported before Python 3.14); it is
                 # what pyro.ops.jit (JitTrace_ELBO) compiles with
                 warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* is deprecated", category=FutureWarning)
                 fn(weights[0], weights[1], *args, **kwargs)  # compiles (runs the Python once more)

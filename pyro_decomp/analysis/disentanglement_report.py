@@ -544,6 +544,7 @@ def _marginals(d: torch.distributions.Distribution, latent: int):
     )
 
 
+@torch.no_grad()  # a learned prior's parameters (anisotropic, learn=True) require grad; this is evaluation
 def dimensionwise_kl_to_prior(
     loc: torch.Tensor | np.ndarray,
     scale: torch.Tensor | np.ndarray,
@@ -584,13 +585,7 @@ def dimensionwise_kl_to_prior(
     """
     loc, scale = _check_loc_scale(loc, scale)
     n, latent = loc.shape
-    with torch.no_grad():  # a learned prior's parameters (anisotropic, learn=True) require grad
-        marg = _marginals(_prior_distribution(prior), latent)
-        return _dimensionwise_kl(loc, scale, marg, num_samples, random_state, chunk_size)
-
-
-def _dimensionwise_kl(loc, scale, marg, num_samples, random_state, chunk_size) -> dict[str, Any]:
-    n, latent = loc.shape
+    marg = _marginals(_prior_distribution(prior), latent)
     if marg[0] == "normal":
         m, s = marg[1], marg[2]
         kl = torch.log(s / scale) + (scale**2 + (loc - m) ** 2) / (2.0 * s**2) - 0.5

@@ -420,3 +420,20 @@ def test_thesis_table_sweep_aggregates_ten_seeds_per_beta(tmp_path):
     assert len(_read_csv(tmp_path / "summary_runs.csv")) == 40
     _curves_figure(spec, agg, ["factor_vae_score", "mig", "train_seconds"], tmp_path / "curves.png")
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "x, expected",
+    [
+        ([0.0, 10.0, 100.0, 1000.0], ("symlog", {"linthresh": 10.0})),  # fig4: alpha = 0 among the swept values
+        ([1.0, 3.0, 10.0, 30.0, 5.0, 100.0], ("log", {})),  # thesis-grids' blocks
+        ([1.0, 2.0, 4.0, 8.0], ("linear", {})),  # fig2: a factor of 8
+        ([0.0, 0.3, 0.5, 1.0, 1.2], ("linear", {})),  # positives span a factor of 4
+        ([0.0, 0.0], ("linear", {})),
+        ([-1.0, 10.0, 100.0], ("linear", {})),
+    ],
+)
+def test_curves_x_axis_spreads_decades_and_keeps_zero(x, expected):
+    from pyro_decomp.experiments.sweep import _x_scale
+
+    assert _x_scale(np.array(x)) == expected

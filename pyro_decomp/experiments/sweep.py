@@ -560,6 +560,19 @@ def _write_tables(
     return agg
 
 
+def _x_scale(x: np.ndarray) -> tuple[str, dict[str, float]]:
+    """Matplotlib x scale for swept values ``x``: logarithmic when the positive values span a factor of 10 or
+    more, so that alpha in {1, 10, 100, 1000} is evenly spread; symmetric-log (linear below the smallest positive
+    value) when 0 is among them as well (fig4's alpha = 0, 10, 100, 1000); linear otherwise."""
+    x = np.asarray(x, dtype=float)
+    positive = x[x > 0]
+    if (x < 0).any() or positive.size == 0 or positive.max() < 10 * positive.min():
+        return "linear", {}
+    if (x == 0).any():
+        return "symlog", {"linthresh": float(positive.min())}
+    return "log", {}
+
+
 def _curves_figure(
     spec: SweepSpec, agg: Sequence[Mapping[str, Any]], metrics: Sequence[str], path: Path, *, level: float = 0.95
 ) -> None:
@@ -567,7 +580,7 @@ def _curves_figure(
     grid block; the line is the mean over seeds and the band the t-interval of :func:`aggregate_over_seeds`.
 
     A block that varies one numeric key is drawn against its values; any other block against its grid
-    index. The x axis is logarithmic when every plotted x is positive and they span a factor of 10 or more.
+    index. The x axis scale is :func:`_x_scale`'s.
     """
     from ..analysis.plots import _pyplot, save_figure
 
@@ -590,8 +603,7 @@ def _curves_figure(
     ncols = min(4, len(shown))
     nrows = -(-len(shown) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.8 * nrows), squeeze=False)
-    all_x = np.concatenate([x for _, x, _ in lines])
-    log_x = bool((all_x > 0).all()) and all_x.max() >= 10 * all_x.min()
+    scale = _x_scale(np.concatenate([x for _, x, _ in lines]))
     for ax, m in zip(axes.flat, shown, strict=False):
         for label, x, settings in lines:
             mean = np.array([by_setting[s][f"{m}_mean"] for s in settings])
@@ -606,8 +618,8 @@ def _curves_figure(
         ax.set_title(m, fontsize=8)
         ax.set_xlabel("swept value (see legend)", fontsize=7)
         ax.tick_params(labelsize=7)
-        if log_x:
-            ax.set_xscale("log")
+        if scale[0] != "linear":
+            ax.set_xscale(scale[0], **scale[1])
     for ax in list(axes.flat)[len(shown) :]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()

@@ -163,6 +163,21 @@ def test_metric_table_best_param_mean_std():
         metric_table(rows, ["sap"])
 
 
+def test_metric_table_lower_is_better_and_single_runs():
+    """A loss picks the strength (and the model) with the lowest mean; one run per strength gives no sd."""
+    rows = [{"model": m, "param": p, "rec": rec, "mig": mig}
+            for m, p, rec, mig in (("a", 1, 80.0, 0.1), ("a", 10, 120.0, 0.3), ("b", 1, 90.0, 0.2), ("b", 10, 70.0, 0.4))]  # fmt: skip
+    table = metric_table(rows, ["mig", "rec"], lower_is_better=["rec"])
+    assert table["cells"]["a"]["rec"]["best_param"] == 1 and table["cells"]["a"]["rec"]["mean"] == 80.0
+    assert table["cells"]["a"]["mig"]["best_param"] == 10  # higher is better for the others
+    assert table["best_model"] == {"mig": "b", "rec": "b"}
+    assert np.isnan(table["cells"]["b"]["rec"]["std"])
+    text = format_metric_table(table)
+    assert "| a | 0.300 (10) | 80.000 (1) |" in text and "**70.000 (10)**" in text and "±" not in text
+    with pytest.raises(ValueError, match="not among metrics"):
+        metric_table(rows, ["mig"], lower_is_better=["rec"])
+
+
 # ------------------------------------------------------------------------------------------------ Spearman
 def test_spearman_identical_reversed_and_scipy():
     rng = np.random.default_rng(0)

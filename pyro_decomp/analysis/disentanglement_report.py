@@ -350,14 +350,17 @@ def metric_table(
     *,
     model_key: str = "model",
     param_key: str = "param",
+    lower_is_better: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Thesis Table 5.6 from a sweep: per model and metric, the regularisation strength with the highest
-    mean over seeds, with that mean and the standard deviation over seeds (``ddof=1``; 0 for one run).
+    """Thesis Table 5.6 from a sweep: per model and metric, the regularisation strength with the best
+    mean over seeds (the highest; the lowest for a metric in ``lower_is_better``, such as a reconstruction
+    loss), with that mean and the standard deviation over seeds (``ddof=1``; NaN for one run).
 
     :param rows: one mapping per run (seed), holding ``model_key``, ``param_key`` and the metrics; keys may
         be dotted paths into nested dicts (``"measures.mig"``). Runs with a non-finite value of a metric are
         left out of that metric.
     :param metrics: the metric keys (columns).
+    :param lower_is_better: metrics (among ``metrics``) where a smaller mean is better.
     :returns: ``{"models": [...], "metrics": [...], "cells": {model: {metric: {"best_param", "mean", "std",
         "num_runs"}}}, "best_model": {metric: model with the highest best mean}}``.
 
@@ -369,6 +372,12 @@ def metric_table(
         raise ValueError("rows must be a non-empty sequence of per-run mappings")
     if isinstance(metrics, str) or not metrics:
         raise ValueError("metrics must be a non-empty sequence of metric keys")
+    if isinstance(lower_is_better, str):
+        lower_is_better = (lower_is_better,)
+    unknown = sorted(set(lower_is_better) - set(metrics))
+    if unknown:
+        raise ValueError(f"lower_is_better names {unknown[0]!r}, which is not among metrics {list(metrics)}")
+    sign = {m: -1.0 if m in lower_is_better else 1.0 for m in metrics}
     groups: dict[Any, dict[Any, list[Mapping[str, Any]]]] = {}
     for i, row in enumerate(rows):
         if not isinstance(row, Mapping):
@@ -394,19 +403,20 @@ def metric_table(
                 if values.size == 0:
                     continue
                 mean = float(values.mean())
-                if best is None or mean > best["mean"]:
-                    std = float(values.std(ddof=1)) if values.size > 1 else 0.0
+                if best is None or sign[metric] * mean > sign[metric] * best["mean"]:
+                    std = float(values.std(ddof=1)) if values.size > 1 else float("nan")
                     best = {"best_param": param, "mean": mean, "std": std, "num_runs": int(values.size)}
             cells[model][metric] = best or {"best_param": None, "mean": float("nan"), "std": float("nan"), "num_runs": 0}
     best_model = {}
     for metric in metrics:
         finite = {m: c[metric]["mean"] for m, c in cells.items() if math.isfinite(c[metric]["mean"])}
-        best_model[metric] = max(finite, key=finite.get) if finite else None
+        best_model[metric] = max(finite, key=lambda m: sign[metric] * finite[m]) if finite else None
     return {"models": list(groups), "metrics": list(metrics), "cells": cells, "best_model": best_model}
 
 
 def format_metric_table(table: Mapping[str, Any], *, digits: int = 3, labels: Mapping[str, str] | None = None) -> str:
-    """Markdown of :func:`metric_table`: ``mean ± sd (best param)``, the best model per metric in bold."""
+    """Markdown of :func:`metric_table`: ``mean ± sd (best param)``, the best model per metric in bold; a cell
+    from a single run has no sd and reads ``mean (best param)``."""
     labels = dict(labels or {})
     metrics = list(table["metrics"])
     lines = ["| model | " + " | ".join(labels.get(m, m) for m in metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
@@ -414,7 +424,8 @@ def format_metric_table(table: Mapping[str, Any], *, digits: int = 3, labels: Ma
         cells = []
         for metric in metrics:
             c = table["cells"][model][metric]
-            text = f"{c['mean']:.{digits}f} ± {c['std']:.{digits}f} ({c['best_param']})"
+            sd = f" ± {c['std']:.{digits}f}" if math.isfinite(c["std"]) else ""
+            text = f"{c['mean']:.{digits}f}{sd} ({c['best_param']})"
             cells.append(f"**{text}**" if table["best_model"].get(metric) == model else text)
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -312,6 +312,8 @@ class ImageFamily(ExperimentFamily):
     sweep_metrics = ("beta_vae_score", "factor_vae_score", "mig", "dci_disentanglement", "dci_completeness",
                      "dci_informativeness", "sap", "sample_efficiency", "hoyer", "active_units",
                      "test_reconstruction_per_image")  # fmt: skip
+    #: of those, the ones where lower is better (a loss), for the best strength in table.md
+    sweep_lower_is_better = ("test_reconstruction_per_image",)
 
     def sweep_figures(self, spec: Any, results, out_dir: Path, log=print) -> list[Path]:
         """``table.md`` (thesis Table 5.6: per grid block and metric, the best strength's mean ± sd over
@@ -339,10 +341,13 @@ class ImageFamily(ExperimentFamily):
         if not rows or not metrics:
             return written
         out_dir = Path(out_dir)
-        table = metric_table(rows, metrics)
+        lower = [m for m in metrics if m in self.sweep_lower_is_better]
+        table = metric_table(rows, metrics, lower_is_better=lower)
         path = out_dir / "table.md"
         path.write_text(f"# {spec.id}: best strength per model (mean ± sd over seeds)\n\n"
-                        f"{format_metric_table(table)}\n")  # fmt: skip
+                        f"Each cell: the best strength's mean ± sd over its seeds (no sd from one seed) and, in "
+                        f"brackets, that strength; best is the highest, the lowest for {', '.join(lower) or '-'}. "
+                        f"Bold: the best model.\n\n{format_metric_table(table)}\n")  # fmt: skip
         written.append(path)
         if len(rows) >= 3 and len(metrics) >= 2:
             corr = spearman_between_metrics(rows, metrics)

@@ -499,8 +499,8 @@ def plot_spearman_heatmap(table: Mapping[str, Any], *, ax=None, annotate: bool =
     names, columns = list(table["names"]), list(table.get("columns", table["names"]))
     if corr.shape != (len(names), len(columns)):
         raise ValueError(f"correlation has shape {corr.shape} but the table names {len(names)} x {len(columns)}")
-    if ax is None and columns != names:
-        ax = _figure(1.0 + 0.8 * len(columns), 1.0 + 0.5 * len(names)).add_subplot(1, 1, 1)
+    if ax is None:  # sized to the matrix, so that the two-decimal labels of a dozen metrics do not overlap
+        ax = _figure(3.0 + 0.6 * len(columns), 2.0 + 0.45 * len(names)).add_subplot(1, 1, 1)
     ax = plot_correlation_heatmap({"names": names, "columns": columns, "correlation": corr}, ax=ax, annotate=annotate)
     if title:
         ax.set_title(title, fontsize=9)

@@ -89,6 +89,7 @@ def plot_correlation_heatmap(table: Mapping[str, object], *, ax=None, annotate: 
         for i in range(len(names)):
             for j in range(len(columns)):
                 if np.isfinite(corr[i, j]):
-                    ax.text(j, i, f"{corr[i, j]:.2f}", ha="center", va="center", fontsize=7)
+                    color = "white" if abs(corr[i, j]) > 0.6 else "black"  # readable on the dark cells
+                    ax.text(j, i, f"{corr[i, j]:.2f}", ha="center", va="center", fontsize=7, color=color)
     ax.figure.colorbar(image, ax=ax, label="Spearman")
     return ax

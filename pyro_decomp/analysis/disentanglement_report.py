@@ -362,7 +362,7 @@ def metric_table(
     :param metrics: the metric keys (columns).
     :param lower_is_better: metrics (among ``metrics``) where a smaller mean is better.
     :returns: ``{"models": [...], "metrics": [...], "cells": {model: {metric: {"best_param", "mean", "std",
-        "num_runs"}}}, "best_model": {metric: model with the highest best mean}}``.
+        "num_runs"}}}, "best_model": {metric: model with the best such mean}}``.
 
     >>> rows = [{"model": "a", "param": p, "s": p + e} for p in (1, 3) for e in (0.0, 0.2)]
     >>> metric_table(rows, ["s"])["cells"]["a"]["s"]["best_param"]
